@@ -1,0 +1,22 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# torch is installed first, pinned, so that pip never pulls a multi-GB CUDA build on a CPU machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+
+.PHONY: install demo test
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/magvlt demo
+
+test: install
+	$(VENV)/bin/pytest -q

@@ -1,0 +1,144 @@
+"""Typed configs with named presets (paper Table 8, App. A), saved as JSON beside every checkpoint."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+from magvlt.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    """The transformer of Sec. 3.1: bidirectional (MAGVLT) or causal (ARGVLT)."""
+
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    image_vocab: int = 512
+    image_grid: tuple[int, int] = (8, 8)  # image tokens, rows x columns, raster order
+    text_vocab: int = 49408
+    text_len: int = 64
+    dropout: float = 0.1  # residual dropout
+    attn_dropout: float = 0.1
+    causal: bool = False  # True: ARGVLT
+    tie_embeddings: bool = True  # output heads share the input embedding table
+
+    @property
+    def image_tokens(self) -> int:
+        return self.image_grid[0] * self.image_grid[1]
+
+
+@dataclass
+class VQConfig:
+    """The taming-transformers VQ-GAN (Esser et al.) that turns images into a grid of codes."""
+
+    resolution: int = 32
+    in_channels: int = 3
+    ch: int = 64
+    ch_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    attn_resolutions: tuple[int, ...] = (8,)
+    z_channels: int = 64
+    embed_dim: int = 64
+    n_embed: int = 512
+    dropout: float = 0.0
+    beta: float = 0.25  # commitment loss weight
+
+    @property
+    def grid(self) -> int:
+        return self.resolution // 2 ** (len(self.ch_mult) - 1)
+
+
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(n_layer=4, n_head=4, n_embd=256),
+    "small": ModelConfig(n_layer=8, n_head=8, n_embd=512),
+    "mid": ModelConfig(n_layer=12, n_head=12, n_embd=768, image_vocab=16384, image_grid=(16, 16)),
+    "base": ModelConfig(n_layer=24, n_head=8, n_embd=1024, image_vocab=16384, image_grid=(16, 16)),
+    "large": ModelConfig(n_layer=36, n_head=10, n_embd=1280, image_vocab=16384, image_grid=(16, 16)),
+}
+
+VQ_PRESETS: dict[str, VQConfig] = {
+    "tiny": VQConfig(),
+    "f16_16384": VQConfig(
+        resolution=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,),
+        z_channels=256, embed_dim=256, n_embed=16384,
+    ),
+}
+
+
+def preset(table: dict, name: str):
+    """A fresh copy of a named preset, or a clear error listing the names."""
+    if name not in table:
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(table)}")
+    return dataclasses.replace(table[name])
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls, data: dict):
+    """Build a config dataclass from JSON data; nested dataclasses and tuples are restored."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise UserError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value)
+        elif typing.get_origin(hint) is tuple and isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def save_json(cfg, path: str | Path) -> None:
+    from magvlt.checkpoint import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps(to_dict(cfg), indent=2) + "\n")
+
+
+def load_json(cls, path: str | Path):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON: {e}") from None
+    return from_dict(cls, data)
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    """Apply `a.b=value` overrides (values parsed as JSON, else kept as strings) to a config."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise UserError(f"override {item!r} must look like key=value")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        *parents, leaf = key.split(".")
+        target = cfg
+        for name in parents:
+            if not hasattr(target, name):
+                raise UserError(f"unknown config section {name!r} in {item!r}")
+            target = getattr(target, name)
+        if not dataclasses.is_dataclass(target) or leaf not in {f.name for f in dataclasses.fields(target)}:
+            raise UserError(f"unknown config field {key!r}")
+        current = getattr(target, leaf)
+        if isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif current is not None and not isinstance(value, type(current)):
+            raise UserError(f"{key} expects {type(current).__name__}, got {raw!r}")
+        setattr(target, leaf, value)
+    return cfg

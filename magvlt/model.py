@@ -1,0 +1,207 @@
+"""The MAGVLT transformer (Sec. 3.1, App. A): one stack over [<BOI> image <BOT> text], bidirectional or causal.
+
+Every token lives in one id space so that any layout (MixSel selectors, ARGVLT's text-first order) is just
+a sequence of ids: image codes [0, V_I), text tokens [V_I, V_I + V_T), then the special tokens.
+Positions likewise: image positions [0, N_I), text positions [N_I, N_I + L), then special slots.
+The model returns hidden states; heads are applied only where a caller needs logits.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from magvlt.config import ModelConfig
+
+SPECIAL_TOKENS = ("<BOI>", "<BOT>", "<MASK>", "<LEFT>", "<RIGHT>", "<TOP>", "<BOTTOM>", "<SEP>", "<PAD>")
+SLOTS = ("<BOI>", "<BOT>", "<SEL>")  # position slots of special tokens
+
+
+class Vocab:
+    """The unified token id space of a ModelConfig."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.image_vocab, self.text_vocab = cfg.image_vocab, cfg.text_vocab
+        self.text_offset = cfg.image_vocab
+        self.special_offset = cfg.image_vocab + cfg.text_vocab
+        self.size = self.special_offset + len(SPECIAL_TOKENS)
+        for i, name in enumerate(SPECIAL_TOKENS):
+            setattr(self, name.strip("<>"), self.special_offset + i)
+
+    def special(self, name: str) -> int:
+        return self.special_offset + SPECIAL_TOKENS.index(name)
+
+    def image(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes
+
+    def text(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids + self.text_offset
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Where each part sits in a built sequence."""
+
+    image: slice
+    text: slice
+    bot: int  # the <BOT> position, whose output predicts the text length
+
+
+def positions(cfg: ModelConfig) -> dict[str, torch.Tensor | int]:
+    n_i, n_t = cfg.image_tokens, cfg.text_len
+    slot = {name: n_i + n_t + k for k, name in enumerate(SLOTS)}
+    return {"image": torch.arange(n_i), "text": torch.arange(n_i, n_i + n_t), **slot}
+
+
+def magvlt_sequence(cfg: ModelConfig, image: torch.Tensor, text: torch.Tensor, selector: torch.Tensor | None = None):
+    """[(<SEL>) <BOI> image <BOT> text] from unified ids image [B, N_I], text [B, L], selector [B] (MixSel)."""
+    vocab, pos, b = Vocab(cfg), positions(cfg), image.shape[0]
+    boi = torch.full((b, 1), vocab.BOI, dtype=torch.long, device=image.device)
+    bot = torch.full((b, 1), vocab.BOT, dtype=torch.long, device=image.device)
+    parts, pos_parts = [boi, image, bot, text], [[pos["<BOI>"]], pos["image"].tolist(), [pos["<BOT>"]], pos["text"].tolist()]
+    if selector is not None:
+        parts.insert(0, selector.view(b, 1).to(image.device))
+        pos_parts.insert(0, [pos["<SEL>"]])
+    tokens = torch.cat(parts, dim=1)
+    position_ids = torch.tensor(sum(pos_parts, []), device=image.device)
+    off = 1 if selector is not None else 0
+    n_i = image.shape[1]
+    segs = Segments(image=slice(off + 1, off + 1 + n_i), text=slice(off + 2 + n_i, off + 2 + n_i + text.shape[1]), bot=off + 1 + n_i)
+    return tokens, position_ids, segs
+
+
+def argvlt_sequence(cfg: ModelConfig, image: torch.Tensor, text: torch.Tensor, task: str):
+    """ARGVLT's order (Sec. 4.1): T2I [<BOT> text <BOI> image], I2T [<BOI> image <BOT> text]."""
+    if task == "i2t":
+        return magvlt_sequence(cfg, image, text)
+    if task != "t2i":
+        raise ValueError(f"ARGVLT has no task {task!r} (only t2i and i2t)")
+    vocab, pos, b = Vocab(cfg), positions(cfg), image.shape[0]
+    bot = torch.full((b, 1), vocab.BOT, dtype=torch.long, device=image.device)
+    boi = torch.full((b, 1), vocab.BOI, dtype=torch.long, device=image.device)
+    tokens = torch.cat([bot, text, boi, image], dim=1)
+    n_t, n_i = text.shape[1], image.shape[1]
+    position_ids = torch.tensor(
+        [pos["<BOT>"]] + pos["text"][:n_t].tolist() + [pos["<BOI>"]] + pos["image"][:n_i].tolist(), device=image.device
+    )
+    segs = Segments(image=slice(n_t + 2, n_t + 2 + n_i), text=slice(1, 1 + n_t), bot=0)
+    return tokens, position_ids, segs
+
+
+class KVCache:
+    """Preallocated keys and values for incremental causal decoding (ARGVLT)."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
+        shape = (batch, cfg.n_head, max_len, cfg.n_embd // cfg.n_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.length = 0
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0, "n_embd must be divisible by n_head"
+        self.n_head, self.causal, self.attn_dropout = cfg.n_head, cfg.causal, cfg.attn_dropout
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
+        mask, is_causal = None, self.causal
+        if cache is not None:
+            start = cache.length
+            cache.k[layer][:, :, start : start + t] = k
+            cache.v[layer][:, :, start : start + t] = v
+            k, v = cache.k[layer][:, :, : start + t], cache.v[layer][:, :, : start + t]
+            if self.causal and start > 0:
+                is_causal = False
+                if t > 1:  # several new tokens after a prefix: each sees the prefix and its own past
+                    mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.attn_dropout if self.training else 0.0
+        )
+        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1, self.attn = nn.LayerNorm(cfg.n_embd), SelfAttention(cfg)
+        self.ln2, self.mlp = nn.LayerNorm(cfg.n_embd), MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache, layer)
+        return x + self.mlp(self.ln2(x))
+
+
+class Transformer(nn.Module):
+    """MAGVLT when cfg.causal is False, ARGVLT when True (Sec. 3.1, 4.1)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg, self.vocab = cfg, Vocab(cfg)
+        self.tok_emb = nn.Embedding(self.vocab.size, cfg.n_embd)
+        self.pos_emb = nn.Embedding(cfg.image_tokens + cfg.text_len + len(SLOTS), cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        if not cfg.tie_embeddings:
+            self.image_head = nn.Linear(cfg.n_embd, cfg.image_vocab, bias=False)
+            self.text_head = nn.Linear(cfg.n_embd, cfg.text_vocab, bias=False)
+        self.length_head = nn.Linear(cfg.n_embd, cfg.text_len)  # class k means length k + 1
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Hidden states [B, S, D] (after the final norm) for unified ids [B, S] at positions [S] or [B, S]."""
+        x = self.drop(self.tok_emb(tokens) + self.pos_emb(position_ids))
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.length += tokens.shape[1]
+        return self.ln_f(x)
+
+    def image_logits(self, h: torch.Tensor) -> torch.Tensor:
+        if self.cfg.tie_embeddings:
+            return h @ self.tok_emb.weight[: self.cfg.image_vocab].t()
+        return self.image_head(h)
+
+    def text_logits(self, h: torch.Tensor) -> torch.Tensor:
+        if self.cfg.tie_embeddings:
+            return h @ self.tok_emb.weight[self.vocab.text_offset : self.vocab.special_offset].t()
+        return self.text_head(h)
+
+    def length_logits(self, h_bot: torch.Tensor) -> torch.Tensor:
+        """Logits over text lengths 1..L from the <BOT> output (Sec. 3.1, target length)."""
+        return self.length_head(h_bot)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
