@@ -1,6 +1,7 @@
 """Typed configs with named presets (paper Table 8, App. A), saved as JSON beside every checkpoint."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import typing
@@ -52,12 +53,61 @@ class VQConfig:
         return self.resolution // 2 ** (len(self.ch_mult) - 1)
 
 
+@dataclass
+class ObjectiveConfig:
+    """The training tasks and losses of Sec. 3.1-3.5; every ablation switch of Tables 6-7 and App. E."""
+
+    task_weights: tuple[float, float, float] = (8.0, 1.0, 1.0)  # T2I : I2T : IT2IT, sampled per batch
+    label_smoothing: float = 0.1
+    length_weight: float = 0.01  # lambda_TL
+    unroll_mask: bool = True  # Sec. 3.3, for T2I and I2T
+    unroll_weight: float = 1.0  # lambda_UM
+    unroll_remask: str = "confidence"  # which positions UnrollMask re-masks: "confidence" (lowest) or "random"
+    mix: str = "mixsel"  # Sec. 3.4: "mixsel", "mixrandom" (no selector token, App. E) or "off"
+    mix_weight: float = 0.5  # lambda_MS
+    cond_dropout: float = 0.0  # fraction of samples whose condition is fully masked (classifier-free guidance)
+    ar_condition_weight: float = 0.1  # ARGVLT: loss weight on the condition (0.9 on the generated modality)
+
+
+@dataclass
+class TrainConfig:
+    """One training run: model, objective and optimisation (App. A)."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
+    steps: int = 2000
+    batch_size: int = 64  # global batch, split over ranks and accumulation steps
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.96)
+    grad_clip: float = 4.0
+    bpe_dropout: float = 0.1  # text BPE dropout while training (0 at inference)
+    bf16: bool = True  # autocast on CPU and CUDA
+    compile: bool = False
+    fsdp: bool = False  # FSDP2 fully_shard instead of DDP under torchrun
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 200
+    max_minutes: float = 0.0  # stop (and checkpoint) after this wall time; 0 means no limit
+
+
 MODEL_PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(n_layer=4, n_head=4, n_embd=256),
     "small": ModelConfig(n_layer=8, n_head=8, n_embd=512),
     "mid": ModelConfig(n_layer=12, n_head=12, n_embd=768, image_vocab=16384, image_grid=(16, 16)),
     "base": ModelConfig(n_layer=24, n_head=8, n_embd=1024, image_vocab=16384, image_grid=(16, 16)),
     "large": ModelConfig(n_layer=36, n_head=10, n_embd=1280, image_vocab=16384, image_grid=(16, 16)),
+}
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    "tiny": TrainConfig(model=MODEL_PRESETS["tiny"]),
+    "tiny-ar": TrainConfig(model=dataclasses.replace(MODEL_PRESETS["tiny"], causal=True)),
+    "small": TrainConfig(model=MODEL_PRESETS["small"], batch_size=128, lr=6e-4),
+    "base": TrainConfig(model=MODEL_PRESETS["base"], batch_size=4096, steps=40000, lr=4.5e-4, warmup_steps=2000, fsdp=True),
+    "large": TrainConfig(model=MODEL_PRESETS["large"], batch_size=4096, steps=40000, lr=3e-4, warmup_steps=2000, fsdp=True),
 }
 
 VQ_PRESETS: dict[str, VQConfig] = {
@@ -73,7 +123,7 @@ def preset(table: dict, name: str):
     """A fresh copy of a named preset, or a clear error listing the names."""
     if name not in table:
         raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(table)}")
-    return dataclasses.replace(table[name])
+    return copy.deepcopy(table[name])
 
 
 def to_dict(cfg) -> dict:
