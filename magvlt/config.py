@@ -63,9 +63,11 @@ class ObjectiveConfig:
     unroll_mask: bool = True  # Sec. 3.3, for T2I and I2T
     unroll_weight: float = 1.0  # lambda_UM
     unroll_remask: str = "confidence"  # which positions UnrollMask re-masks: "confidence" (lowest) or "random"
+    unroll_image_steps: int = 10  # UnrollMask re-masks at the next step of a T-step schedule (Sec. 3.2: T = 10)
+    unroll_text_steps: int = 12  # likewise for text (T = 12)
     mix: str = "mixsel"  # Sec. 3.4: "mixsel", "mixrandom" (no selector token, App. E) or "off"
     mix_weight: float = 0.5  # lambda_MS
-    cond_dropout: float = 0.0  # fraction of samples whose condition is fully masked (classifier-free guidance)
+    cond_dropout: float = 0.0  # fraction of samples whose condition is replaced by the null one (classifier-free guidance)
     ar_condition_weight: float = 0.1  # ARGVLT: loss weight on the condition (0.9 on the generated modality)
 
 

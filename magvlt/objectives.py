@@ -1,12 +1,14 @@
-"""MAGVLT's training objectives (Sec. 3.1, 3.3-3.5, App. A) and ARGVLT's (Sec. 4.1).
+"""MAGVLT's training objectives (Sec. 3.1, 3.3-3.5, App. A, App. E) and ARGVLT's (Sec. 4.1).
 
-`training_loss` is the single entry point: it samples a task for the batch, builds the masked inputs and
-returns the weighted sum L = L_mask + lambda_TL L_TL (+ lambda_UM L_UM + lambda_MS L_MS where they apply).
+`training_loss` is the single entry point: it samples one task for the batch and returns
+L = L_mask + lambda_TL L_TL + lambda_UM L_UM + lambda_MS L_MS, each extra term only where it applies:
+length for I2T and IT2IT (the text is generated), UnrollMask and MixSel for T2I and I2T.
 
-Token spaces: `image` codes are unified ids as they are; raw text ids become unified ids through
-`Vocab.text`; positions >= length are fed as <PAD> and are never targets. Every random draw goes through
-the caller's torch.Generator: it is drawn on the generator's device and moved to the batch's device, so a
-CPU generator drives a CUDA batch deterministically (and a CUDA generator works too).
+Token spaces: image codes are unified ids as they are; raw text ids become unified ids through `Vocab.text`;
+positions >= length are fed as <PAD> and are never targets. Each built input is an `Example`: what is fed,
+which positions are predicted, and their ground truth. Every random draw goes through the caller's
+torch.Generator, drawn on the generator's own device and moved to the batch's, so a CPU generator drives a
+CUDA batch deterministically (a CUDA generator works too). Dropout inside the model uses torch's global RNG.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from magvlt.errors import UserError
 from magvlt.model import Transformer, Vocab, argvlt_sequence, magvlt_sequence
 
 TASKS = ("t2i", "i2t", "it2it")
+MIX_MODES = ("mixsel", "mixrandom", "off")
+REMASK_MODES = ("confidence", "random")
 
 
 def _uniform(shape, generator: torch.Generator, device, dtype=torch.float32) -> torch.Tensor:
@@ -56,10 +60,35 @@ def lowest_scores(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 
 
 def random_mask(ratio: torch.Tensor, valid: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Mask ceil(ratio[b] * N_b) of the valid positions of each row uniformly at random (Sec. 3.1)."""
+    """Mask ceil(ratio[b] * N_b) of the N_b valid positions of each row, uniformly at random (Sec. 3.1)."""
     counts = torch.ceil(ratio * valid.sum(dim=1)).long()
     scores = _uniform(valid.shape, generator, valid.device).masked_fill(~valid, 2.0)
     return lowest_scores(scores, counts)
+
+
+def text_valid(length: torch.Tensor, text_len: int) -> torch.Tensor:
+    """Boolean [B, L]: the real (non-padding) text positions."""
+    return torch.arange(text_len, device=length.device) < length.unsqueeze(1)
+
+
+def text_input(vocab: Vocab, text: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    """Raw text ids [B, L] to unified ids, with <PAD> at positions >= length."""
+    return torch.where(text_valid(length, text.shape[1]), vocab.text(text), vocab.PAD)
+
+
+def unconditional_text(cfg: ModelConfig, batch: int, device=None) -> torch.Tensor:
+    """The null caption of condition dropout (classifier-free guidance): all <PAD>, unified ids [B, L]."""
+    return torch.full((batch, cfg.text_len), Vocab(cfg).PAD, dtype=torch.long, device=device)
+
+
+def unconditional_image(cfg: ModelConfig, batch: int, device=None) -> torch.Tensor:
+    """The null image of condition dropout (classifier-free guidance): all <MASK>, unified ids [B, N_I]."""
+    return torch.full((batch, cfg.image_tokens), Vocab(cfg).MASK, dtype=torch.long, device=device)
+
+
+def length_query_text(cfg: ModelConfig, batch: int, device=None) -> torch.Tensor:
+    """The text fed while predicting the length at <BOT>: all <MASK> over L, so no padding gives it away."""
+    return torch.full((batch, cfg.text_len), Vocab(cfg).MASK, dtype=torch.long, device=device)
 
 
 @dataclass
@@ -73,23 +102,24 @@ class Example:
     image_target: torch.Tensor  # [B, N_I] image codes
     text_target: torch.Tensor  # [B, L] raw text ids
     length: torch.Tensor  # [B] text lengths (counting sot and eot)
-    r: torch.Tensor  # [B] float64, the step ratio the masks were drawn with
+    r: torch.Tensor  # [B] float64: the step ratio the masks were drawn at
     selector: torch.Tensor | None = None  # [B] MixSel selector token ids
 
 
-def text_valid(length: torch.Tensor, text_len: int) -> torch.Tensor:
-    """Boolean [B, L]: the real (non-padding) text positions."""
-    return torch.arange(text_len, device=length.device) < length.unsqueeze(1)
+def mask_task(task: str, vocab: Vocab, image: torch.Tensor, text: torch.Tensor, length: torch.Tensor,
+              generator: torch.Generator, selector: torch.Tensor | None = None) -> Example:
+    """The masked input of a task (Sec. 3.1): T2I masks the image, I2T the text, IT2IT both.
 
-
-def text_input(vocab: Vocab, text: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
-    """Raw text ids [B, L] to unified ids, with <PAD> at positions >= length."""
-    return torch.where(text_valid(length, text.shape[1]), vocab.text(text), vocab.PAD)
-
-
-def apply_masks(vocab: Vocab, image: torch.Tensor, text: torch.Tensor, length: torch.Tensor,
-                image_mask: torch.Tensor, text_mask: torch.Tensor, r: torch.Tensor, selector=None) -> Example:
-    """The Example that feeds <MASK> at the masked positions of image codes and raw text."""
+    One r ~ U[0, 1) per sample; in IT2IT it sets both ratios (g_I(r) for the image, g_T(r) for the text), as
+    one decoding step ratio does at joint generation. Every real text position is maskable, sot and eot too.
+    """
+    r = _uniform((image.shape[0],), generator, image.device, torch.float64)
+    image_mask = torch.zeros_like(image, dtype=torch.bool)
+    text_mask = torch.zeros_like(text, dtype=torch.bool)
+    if task in ("t2i", "it2it"):
+        image_mask = random_mask(gamma_image(r), ~image_mask, generator)
+    if task in ("i2t", "it2it"):
+        text_mask = random_mask(gamma_text(r), text_valid(length, text.shape[1]), generator)
     return Example(
         image=vocab.image(image).masked_fill(image_mask, vocab.MASK),
         text=text_input(vocab, text, length).masked_fill(text_mask, vocab.MASK),
@@ -98,37 +128,29 @@ def apply_masks(vocab: Vocab, image: torch.Tensor, text: torch.Tensor, length: t
     )
 
 
-def mask_task(task: str, vocab: Vocab, image: torch.Tensor, text: torch.Tensor, length: torch.Tensor,
-              generator: torch.Generator, selector=None) -> Example:
-    """Masks for a task (Sec. 3.1): T2I masks the image, I2T the text, IT2IT both with the same r per sample."""
-    b = image.shape[0]
-    r = _uniform((b,), generator, image.device, torch.float64)
-    none_i = torch.zeros_like(image, dtype=torch.bool)
-    none_t = torch.zeros_like(text, dtype=torch.bool)
-    image_mask = random_mask(gamma_image(r), ~none_i, generator) if task in ("t2i", "it2it") else none_i
-    text_mask = random_mask(gamma_text(r), text_valid(length, text.shape[1]), generator) if task in ("i2t", "it2it") else none_t
-    return apply_masks(vocab, image, text, length, image_mask, text_mask, r, selector)
+def _drop_rows(batch: int, p: float, generator: torch.Generator, device) -> torch.Tensor | None:
+    """Boolean [B]: the samples whose condition is dropped, or None when p is 0."""
+    return _uniform((batch,), generator, device) < p if p > 0 else None
 
 
-def unconditional_text(cfg: ModelConfig, batch: int, device=None) -> torch.Tensor:
-    """The null caption (condition dropout, classifier-free guidance): all <PAD>, unified ids [B, L]."""
-    return torch.full((batch, cfg.text_len), Vocab(cfg).PAD, dtype=torch.long, device=device)
+def condition_dropout(ex: Example, task: str, p: float, cfg: ModelConfig, generator: torch.Generator) -> Example:
+    """Replace the condition of a fraction p of samples by the null one, for classifier-free guidance.
 
-
-def unconditional_image(cfg: ModelConfig, batch: int, device=None) -> torch.Tensor:
-    """The null image (condition dropout, classifier-free guidance): all <MASK>, unified ids [B, N_I]."""
-    return torch.full((batch, cfg.image_tokens), Vocab(cfg).MASK, dtype=torch.long, device=device)
-
-
-def length_query_text(cfg: ModelConfig, batch: int, device=None) -> torch.Tensor:
-    """The text fed while predicting the length at <BOT>: all <MASK> over L, so no padding reveals it."""
-    return torch.full((batch, cfg.text_len), Vocab(cfg).MASK, dtype=torch.long, device=device)
+    T2I: the text becomes `unconditional_text` (all <PAD>); I2T: the image becomes `unconditional_image`
+    (all <MASK>); IT2IT has no condition. Sampling builds its unconditional rows with the same functions.
+    """
+    drop = _drop_rows(ex.image.shape[0], p, generator, ex.image.device) if task != "it2it" else None
+    if drop is None:
+        return ex
+    if task == "t2i":
+        return replace(ex, text=torch.where(drop[:, None], unconditional_text(cfg, len(drop), drop.device), ex.text))
+    return replace(ex, image=torch.where(drop[:, None], unconditional_image(cfg, len(drop), drop.device), ex.image))
 
 
 def mask_prediction_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """Cross-entropy over masked positions only, in float32, with label smoothing (Sec. 3.1, App. A)."""
+    """Cross-entropy over the masked positions only, in float32, with label smoothing (Sec. 3.1, App. A)."""
     if targets.numel() == 0:
-        return logits.sum() * 0.0
+        return logits.sum().float() * 0.0
     return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
 
 
@@ -140,7 +162,7 @@ def _accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Prediction:
-    """Masked-prediction outputs: the loss and the logits at the predicted positions (row-major order)."""
+    """Outputs of one masked-prediction forward: loss, logits at the predicted positions (row-major order)."""
 
     loss: torch.Tensor
     image_logits: torch.Tensor  # [M_I, V_I]
@@ -149,59 +171,207 @@ class Prediction:
 
 
 def predict_masked(model: Transformer, ex: Example, label_smoothing: float) -> Prediction:
-    """One forward; logits only at the predicted positions; sum of the per-modality mean cross-entropies."""
+    """One forward, logits only at the predicted positions; the sum of the per-modality mean cross-entropies."""
     tokens, position_ids, segs = magvlt_sequence(model.cfg, ex.image, ex.text, ex.selector)
     h = model(tokens, position_ids)
     image_logits = model.image_logits(h[:, segs.image][ex.image_mask])
     text_logits = model.text_logits(h[:, segs.text][ex.text_mask])
     image_target, text_target = ex.image_target[ex.image_mask], ex.text_target[ex.text_mask]
-    loss = h.new_zeros((), dtype=torch.float32)
+    loss = torch.zeros((), device=h.device)
     metrics = {}
-    if ex.image_mask.any():
+    if image_target.numel():
         loss = loss + mask_prediction_loss(image_logits, image_target, label_smoothing)
         metrics["acc_image"] = _accuracy(image_logits, image_target)
-    if ex.text_mask.any():
+    if text_target.numel():
         loss = loss + mask_prediction_loss(text_logits, text_target, label_smoothing)
         metrics["acc_text"] = _accuracy(text_logits, text_target)
     return Prediction(loss, image_logits, text_logits, metrics)
 
 
 def length_loss(model: Transformer, image: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Target length cross-entropy at <BOT> (Sec. 3.2): class k is length k + 1; returns (loss, accuracy).
+    """Target-length cross-entropy at <BOT> (Sec. 3.2): class k means length k + 1. Returns (loss, accuracy).
 
-    The text is fed as `length_query_text` (all <MASK>, no padding), exactly what the sampler feeds
-    before it knows the length; with the real padding visible the length would be given away.
+    Fed `image` (unified ids, as in the task's main input) and `length_query_text` (all <MASK>, no padding),
+    exactly what the sampler feeds before it knows the length: with the real padding visible the length
+    would be given away, so this is its own forward rather than the main one's <BOT> output.
     """
-    tokens, position_ids, segs = magvlt_sequence(model.cfg, image, length_query_text(model.cfg, image.shape[0], image.device))
+    text = length_query_text(model.cfg, image.shape[0], image.device)
+    tokens, position_ids, segs = magvlt_sequence(model.cfg, image, text)
     logits = model.length_logits(model(tokens, position_ids)[:, segs.bot]).float()
     return F.cross_entropy(logits, length - 1), _accuracy(logits, length - 1)
 
 
-def _check_batch(model: Transformer, batch: dict[str, torch.Tensor]) -> None:
-    cfg = model.cfg
+def sample_tokens(logits: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-step prediction: a token sampled from each row of logits [M, V] and its probability (no gradient).
+
+    Inverse-CDF sampling, so only M uniforms are drawn (on the generator's device) whatever the vocabulary.
+    """
+    probs = logits.detach().float().softmax(dim=-1)
+    u = _uniform((probs.shape[0], 1), generator, probs.device)
+    tokens = torch.searchsorted(probs.cumsum(dim=-1), u, right=True).clamp(max=probs.shape[-1] - 1)
+    return tokens.squeeze(1), probs.gather(1, tokens).squeeze(1)
+
+
+def unroll_counts(first: torch.Tensor, r: torch.Tensor, n: torch.Tensor, steps: int, schedule) -> torch.Tensor:
+    """How many UnrollMask re-masks: ceil(g(r + 1/T) N), strictly fewer than the first mask and at least 1.
+
+    A row whose first mask had a single token has nothing to unroll (0).
+    """
+    nxt = torch.ceil(schedule((r + 1 / steps).clamp(max=1.0)) * n).long()
+    return torch.where(first > 1, torch.minimum(nxt.clamp(min=1), first - 1), 0)
+
+
+def unroll_mask(ex: Example, modality: str, sampled: torch.Tensor, confidence: torch.Tensor, vocab: Vocab,
+                cfg: ObjectiveConfig, generator: torch.Generator) -> Example:
+    """UnrollMask's input (Sec. 3.3): the one-step prediction filled in, then re-masked at the next step.
+
+    `sampled` and `confidence` [M] are the tokens sampled at the masked positions of `modality` (row-major)
+    and their probabilities. If the first mask drew ratio g(r), the re-mask keeps `unroll_counts` positions
+    (r' = r + 1/T, T the decoding steps of the modality) chosen among the first mask by lowest confidence, as
+    the decoder does, or at random (cfg.unroll_remask). Targets stay the ground truth; the other modality
+    (the clean condition) is fed unchanged.
+    """
+    if modality == "image":
+        fed, first, n = ex.image, ex.image_mask, torch.full_like(ex.length, ex.image.shape[1])
+        steps, schedule, offset = cfg.unroll_image_steps, gamma_image, 0
+    else:
+        fed, first, n = ex.text, ex.text_mask, ex.length
+        steps, schedule, offset = cfg.unroll_text_steps, gamma_text, vocab.text_offset
+    filled = fed.masked_scatter(first, sampled + offset)
+    scores = confidence if cfg.unroll_remask == "confidence" else _uniform(confidence.shape, generator, confidence.device)
+    scores = torch.full(first.shape, 2.0, device=first.device).masked_scatter(first, scores.float())
+    r_next = (ex.r + 1 / steps).clamp(max=1.0)
+    second = lowest_scores(scores, unroll_counts(first.sum(dim=1), ex.r, n, steps, schedule))
+    fields = {modality: filled.masked_fill(second, vocab.MASK), f"{modality}_mask": second}
+    return replace(ex, r=r_next, **fields)
+
+
+def join_halves(first: torch.Tensor, second: torch.Tensor, grid: tuple[int, int], vertical: bool) -> torch.Tensor:
+    """Two squeezed images' codes joined into one grid (App. E): side by side, or one over the other.
+
+    Horizontal: [B, h * (w/2)] codes of half-width images (raster order); each row of the result is the
+    first's row then the second's. Vertical: [B, (h/2) * w] codes of half-height images, first on top.
+    """
+    h, w = grid
+    shape = (h // 2, w) if vertical else (h, w // 2)
+    if h % 2 or w % 2 or first.shape[1:] != (shape[0] * shape[1],) or second.shape != first.shape:
+        name = "image_half_h" if vertical else "image_half_w"
+        raise UserError(f"{name} must be [B, {shape[0] * shape[1]}] codes of a {shape[0]}x{shape[1]} grid, got {tuple(first.shape)}")
+    joined = torch.cat([first.view(-1, *shape), second.view(-1, *shape)], dim=1 if vertical else 2)
+    return joined.flatten(1)
+
+
+def join_captions(vocab: Vocab, first: torch.Tensor, first_len: torch.Tensor, second: torch.Tensor,
+                  second_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two raw captions joined as [sot c1 <SEP> c2 eot] in unified ids [B, L], and the joined lengths (Sec. 3.4).
+
+    c1 drops its eot and c2 its sot. Beyond L, the longer content is cut at its end so that each keeps at
+    least half of the room (L - 3 content tokens in all).
+    """
+    text_len = first.shape[1]
+    room = text_len - 3
+    k1, k2 = (first_len - 2).clamp(min=0), (second_len - 2).clamp(min=0)  # content tokens, no sot or eot
+    k1 = torch.minimum(k1, (room - k2).clamp(min=room // 2))
+    k2 = torch.minimum(k2, room - k1)
+    j = torch.arange(text_len, device=first.device).unsqueeze(0)
+    k1, k2 = k1.unsqueeze(1), k2.unsqueeze(1)
+    from_second = second.gather(1, (j - k1 - 1).clamp(0, text_len - 1))
+    eot = second.gather(1, (second_len.unsqueeze(1) - 1).clamp(min=0))
+    ids = torch.where(j <= k1, vocab.text(first), vocab.PAD)
+    ids = torch.where(j == k1 + 1, vocab.SEP, ids)
+    ids = torch.where((j > k1 + 1) & (j <= k1 + k2 + 1), vocab.text(from_second), ids)
+    ids = torch.where(j == k1 + k2 + 2, vocab.text(eot), ids)
+    return ids, (k1 + k2 + 3).squeeze(1)
+
+
+def _halves(batch: dict[str, torch.Tensor]) -> list[tuple[str, bool]]:
+    return [(key, vertical) for key, vertical in (("image_half_w", False), ("image_half_h", True)) if key in batch]
+
+
+def mix_select(task: str, vocab: Vocab, grid: tuple[int, int], batch: dict[str, torch.Tensor], mode: str,
+               generator: torch.Generator) -> Example | None:
+    """MixSel (Sec. 3.4) or MixRandom (App. E, no selector): two pairs mixed half and half, one selected.
+
+    Sample b is paired with sample b-1 (the batch rolled by one); b's context comes first (left, top or
+    before <SEP>), b-1's second, and a per-sample coin picks the target pair; <LEFT>/<RIGHT> (<TOP>/<BOTTOM>
+    for stacked images) says which. I2T joins the codes of the half-size encodings (`join_halves`; the
+    orientation is drawn per sample when both are given) and masks the selected caption as in I2T; it is
+    skipped (None) without "image_half_w"/"image_half_h" in the batch. T2I joins the captions
+    (`join_captions`) and masks the selected image as in T2I. None for a batch of one.
+    """
+    image, text, length = batch["image"], batch["text"], batch["length"]
+    b, device = image.shape[0], image.device
+    halves = _halves(batch)
+    if b < 2 or (task == "i2t" and not halves):
+        return None
+    second = _uniform((b,), generator, device) < 0.5  # the target is the second pair
+
+    def pick(t: torch.Tensor) -> torch.Tensor:
+        return torch.where(second.view(-1, *[1] * (t.ndim - 1)), t.roll(1, dims=0), t)
+
+    if task == "i2t":
+        joined = [join_halves(batch[key], batch[key].roll(1, dims=0), grid, vertical) for key, vertical in halves]
+        vertical = torch.full((b,), halves[0][1], device=device)
+        if len(joined) == 2:
+            vertical = _uniform((b,), generator, device) < 0.5
+            joined = [torch.where(vertical[:, None], joined[1], joined[0])]
+        selector = torch.where(vertical, torch.where(second, vocab.BOTTOM, vocab.TOP), torch.where(second, vocab.RIGHT, vocab.LEFT))
+        ex = mask_task("i2t", vocab, joined[0], pick(text), pick(length), generator)
+    else:
+        joined, joined_length = join_captions(vocab, text, length, text.roll(1, dims=0), length.roll(1, dims=0))
+        selector = torch.where(second, vocab.RIGHT, vocab.LEFT)
+        ex = replace(mask_task("t2i", vocab, pick(image), text, length, generator), text=joined, length=joined_length)
+    return replace(ex, selector=selector if mode == "mixsel" else None)
+
+
+def _check(model: Transformer, batch: dict[str, torch.Tensor], cfg: ObjectiveConfig) -> None:
+    mc = model.cfg
     missing = {"image", "text", "length"} - set(batch)
     if missing:
         raise UserError(f"training batch lacks {sorted(missing)}")
     image, text, length = batch["image"], batch["text"], batch["length"]
-    if image.ndim != 2 or image.shape[1] != cfg.image_tokens:
-        raise UserError(f"batch image must be [B, {cfg.image_tokens}] codes, got {tuple(image.shape)}")
-    if text.ndim != 2 or text.shape != (image.shape[0], cfg.text_len):
-        raise UserError(f"batch text must be [B, {cfg.text_len}] token ids, got {tuple(text.shape)}")
-    if length.shape != (image.shape[0],) or bool(((length < 1) | (length > cfg.text_len)).any()):
-        raise UserError(f"batch length must be [B] values in 1..{cfg.text_len}")
+    if image.ndim != 2 or image.shape[1] != mc.image_tokens:
+        raise UserError(f"batch image must be [B, {mc.image_tokens}] codes, got {tuple(image.shape)}")
+    if text.shape != (image.shape[0], mc.text_len):
+        raise UserError(f"batch text must be [B, {mc.text_len}] token ids, got {tuple(text.shape)}")
+    if length.shape != (image.shape[0],) or bool(((length < 1) | (length > mc.text_len)).any()):
+        raise UserError(f"batch length must be [B] values in 1..{mc.text_len}")
+    if cfg.mix not in MIX_MODES:
+        raise UserError(f"objective.mix must be one of {MIX_MODES}, got {cfg.mix!r}")
+    if cfg.unroll_remask not in REMASK_MODES:
+        raise UserError(f"objective.unroll_remask must be one of {REMASK_MODES}, got {cfg.unroll_remask!r}")
 
 
 def magvlt_loss(model: Transformer, batch: dict[str, torch.Tensor], cfg: ObjectiveConfig, task: str,
                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """MAGVLT's objective for one task (Sec. 3.5, Eq. 6): L_mask + lambda_TL L_TL."""
-    vocab = model.vocab
-    image, text, length = batch["image"], batch["text"], batch["length"]
-    ex = mask_task(task, vocab, image, text, length, generator)
-    pred = predict_masked(model, ex, cfg.label_smoothing)
+    """MAGVLT's objective for one task (Sec. 3.5, Eq. 6): L_mask + l_TL L_TL + l_UM L_UM + l_MS L_MS.
+
+    Forwards: the masked input; the length query (I2T, IT2IT); the unrolled input (T2I, I2T), which reuses
+    the first forward's logits and inherits its dropped conditions; the mixed pairs (T2I, I2T).
+    """
+    vocab, ls = model.vocab, cfg.label_smoothing
+    ex = mask_task(task, vocab, batch["image"], batch["text"], batch["length"], generator)
+    ex = condition_dropout(ex, task, cfg.cond_dropout, model.cfg, generator)
+    pred = predict_masked(model, ex, ls)
     total, terms = pred.loss, {"mask": pred.loss, **pred.metrics}
     if task in ("i2t", "it2it") and cfg.length_weight > 0:
-        terms["length"], terms["acc_length"] = length_loss(model, ex.image, length)
+        terms["length"], terms["acc_length"] = length_loss(model, ex.image, ex.length)
         total = total + cfg.length_weight * terms["length"]
+    if task != "it2it" and cfg.unroll_mask and cfg.unroll_weight > 0:
+        modality = "image" if task == "t2i" else "text"
+        sampled, confidence = sample_tokens(pred.image_logits if task == "t2i" else pred.text_logits, generator)
+        unrolled = predict_masked(model, unroll_mask(ex, modality, sampled, confidence, vocab, cfg, generator), ls)
+        terms["unroll"] = unrolled.loss
+        if f"acc_{modality}" in unrolled.metrics:  # absent when every first mask held a single token
+            terms["acc_unroll"] = unrolled.metrics[f"acc_{modality}"]
+        total = total + cfg.unroll_weight * unrolled.loss
+    mixed = None
+    if task != "it2it" and cfg.mix != "off" and cfg.mix_weight > 0:
+        mixed = mix_select(task, vocab, model.cfg.image_grid, batch, cfg.mix, generator)
+    if mixed is not None:
+        mix = predict_masked(model, mixed, ls)
+        terms["mix"], terms["acc_mix"] = mix.loss, mix.metrics["acc_image" if task == "t2i" else "acc_text"]
+        total = total + cfg.mix_weight * mix.loss
     return total, terms
 
 
@@ -209,17 +379,27 @@ def argvlt_loss(model: Transformer, batch: dict[str, torch.Tensor], cfg: Objecti
                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """ARGVLT's next-token prediction (Sec. 4.1, App. A): weight 1 - w on the generated modality, w on the condition.
 
-    Targets are every image token and every real text token (sot and eot included, padding excluded),
-    each predicted from the hidden state one position earlier; the per-modality mean cross-entropies are mixed.
+    Targets: every image token and every real text token (sot and eot included, padding never), each predicted
+    from the hidden state one position earlier; the per-modality mean cross-entropies are mixed. Condition
+    dropout feeds the same null condition as MAGVLT and drops those rows' condition targets.
     """
     vocab = model.vocab
     image, text, length = batch["image"], batch["text"], batch["length"]
-    valid = text_valid(length, text.shape[1])
-    tokens, position_ids, segs = argvlt_sequence(model.cfg, vocab.image(image), text_input(vocab, text, length), task)
+    b, device = image.shape[0], image.device
+    image_in, text_in = vocab.image(image), text_input(vocab, text, length)
+    image_valid, valid = torch.ones_like(image, dtype=torch.bool), text_valid(length, text.shape[1])
+    drop = _drop_rows(b, cfg.cond_dropout, generator, device)
+    if drop is not None and task == "t2i":
+        text_in = torch.where(drop[:, None], unconditional_text(model.cfg, b, device), text_in)
+        valid = valid & ~drop[:, None]
+    elif drop is not None:
+        image_in = torch.where(drop[:, None], unconditional_image(model.cfg, b, device), image_in)
+        image_valid = image_valid & ~drop[:, None]
+    tokens, position_ids, segs = argvlt_sequence(model.cfg, image_in, text_in, task)
     h = model(tokens, position_ids)
-    image_logits = model.image_logits(h[:, segs.image.start - 1 : segs.image.stop - 1]).flatten(0, 1)
+    image_logits = model.image_logits(h[:, segs.image.start - 1 : segs.image.stop - 1][image_valid])
     text_logits = model.text_logits(h[:, segs.text.start - 1 : segs.text.stop - 1][valid])
-    image_target, text_target = image.flatten(), text[valid]
+    image_target, text_target = image[image_valid], text[valid]
     terms = {
         "image": mask_prediction_loss(image_logits, image_target, cfg.label_smoothing),
         "text": mask_prediction_loss(text_logits, text_target, cfg.label_smoothing),
@@ -233,19 +413,21 @@ def argvlt_loss(model: Transformer, batch: dict[str, torch.Tensor], cfg: Objecti
 
 def training_loss(model: Transformer, batch: dict[str, torch.Tensor], cfg: ObjectiveConfig,
                   generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-    """The training loss of one batch (Sec. 3.5): samples the task, returns (loss, metrics).
+    """The loss of one batch (Sec. 3.5): one task sampled from cfg.task_weights; ARGVLT when model.cfg.causal.
 
-    Metrics keys: "loss", "task" (index into TASKS) and "<task>/<term>" for each loss term and accuracy.
+    ARGVLT samples among T2I and I2T only (IT2IT weight dropped, the rest renormalised). Metrics: "loss",
+    "task" (index into TASKS) and "<task>/<term>" for each loss term and accuracy of that task.
     """
-    _check_batch(model, batch)
+    _check(model, batch, cfg)
     if model.cfg.causal:
+        if sum(cfg.task_weights[:2]) <= 0:
+            raise UserError("ARGVLT trains T2I and I2T only: task_weights needs a positive T2I or I2T weight")
         task = sample_task((*cfg.task_weights[:2], 0.0), generator)
         total, terms = argvlt_loss(model, batch, cfg, task, generator)
     else:
         task = sample_task(cfg.task_weights, generator)
         total, terms = magvlt_loss(model, batch, cfg, task, generator)
-    names = list(terms)
-    values = torch.stack([terms[k].detach().float() for k in names]).tolist()
-    metrics = {"loss": float(total.detach()), "task": float(TASKS.index(task))}
-    metrics.update({f"{task}/{k}": v for k, v in zip(names, values)})
+    values = torch.stack([total.detach().float(), *(v.detach().float() for v in terms.values())]).tolist()
+    metrics = {"loss": values[0], "task": float(TASKS.index(task))}
+    metrics.update({f"{task}/{k}": v for k, v in zip(terms, values[1:])})
     return total, metrics
