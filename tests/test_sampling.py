@@ -1,0 +1,172 @@
+"""Decoding invariants on tiny random models: schedules, fixed tokens, lengths, masks, guidance, KV cache."""
+import math
+
+import pytest
+import torch
+
+from magvlt import sampling
+from magvlt.config import ModelConfig
+from magvlt.errors import UserError
+from magvlt.model import Transformer
+from magvlt.objectives import text_input, unconditional_text
+
+CFG = ModelConfig(n_layer=2, n_head=2, n_embd=32, image_vocab=64, image_grid=(4, 4), text_vocab=50, text_len=12)
+
+
+def _model(causal=False, seed=0):
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(**{**CFG.__dict__, "causal": causal})).eval()
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _text(b=3, seed=1):
+    g = _gen(seed)
+    length = torch.randint(3, CFG.text_len + 1, (b,), generator=g)
+    return torch.randint(0, CFG.text_vocab, (b, CFG.text_len), generator=g), length
+
+
+def _image(b=3, seed=2):
+    return torch.randint(0, CFG.image_vocab, (b, CFG.image_tokens), generator=_gen(seed))
+
+
+def test_t2i_shapes_determinism_and_trace():
+    model, (text, length) = _model(), _text()
+    a = sampling.generate_images(model, text, length, steps=10, generator=_gen(0), trace=True)
+    b = sampling.generate_images(model, text, length, steps=10, generator=_gen(0))
+    c = sampling.generate_images(model, text, length, steps=10, generator=_gen(1))
+    assert a.image.shape == (3, CFG.image_tokens) and a.score.shape == (3,)
+    assert torch.equal(a.image, b.image) and not torch.equal(a.image, c.image)
+    assert len(a.trace) == 10 and not a.image_masked.any()
+    assert ((a.image >= 0) & (a.image < CFG.image_vocab)).all()
+    assert torch.equal(a.text, torch.where(text_input(model.vocab, text, length) < model.vocab.special_offset, text, 0))
+
+
+def test_t2i_follows_the_cosine_schedule_and_never_changes_a_fixed_token():
+    model, (text, length) = _model(), _text()
+    steps, n = 7, CFG.image_tokens
+    out = sampling.generate_images(model, text, length, steps=steps, generator=_gen(3), trace=True)
+    for t, s in enumerate(out.trace, start=1):
+        expected = math.ceil(math.cos(math.pi / 2 * t / steps) * n - 1e-9) if t < steps else 0
+        assert s.image_masked.sum(dim=1).tolist() == [expected] * 3
+    for before, after in zip(out.trace, out.trace[1:] + [out]):
+        fixed = ~before.image_masked
+        assert torch.equal(after.image[fixed], before.image[fixed])
+        assert not (after.image_masked & fixed).any()
+
+
+def test_i2t_respects_the_predicted_length_and_the_linear_schedule():
+    model, image = _model(), _image()
+    steps = 5
+    length = sampling.predict_lengths(model, image)[:, 0]
+    out = sampling.generate_text(model, image, steps=steps, generator=_gen(0), trace=True)
+    assert torch.equal(out.length, length)
+    assert not out.text_masked.any()
+    beyond = torch.arange(CFG.text_len) >= length[:, None]
+    assert (out.text[beyond] == 0).all()
+    for t, s in enumerate(out.trace, start=1):
+        assert s.text_masked.sum(dim=1).tolist() == [math.ceil((steps - t) * int(n) / steps) for n in length]
+        assert torch.equal(s.length, length)
+
+
+def test_i2t_length_beam_keeps_a_top_k_length_with_the_best_score():
+    model, image = _model(), _image()
+    top = sampling.predict_lengths(model, image, 3)
+    out = sampling.generate_text(model, image, steps=4, length_beam=3, generator=_gen(0), trace=True)
+    assert all(int(n) in row for n, row in zip(out.length, top.tolist()))
+    assert len(out.trace) == 4 and out.trace[-1].text.shape == (3, CFG.text_len)
+    for k in range(3):  # each candidate decoded alone scores no better than the one kept
+        alone = sampling.refine(model, image, torch.where(torch.arange(CFG.text_len) < top[:, k:k + 1], model.vocab.MASK,
+                                model.vocab.PAD), steps=4, generate_image=False, generate_text=True)
+        assert (alone.score <= out.score + 1e-5).all()
+
+
+def test_inpainting_leaves_unmasked_tokens_untouched():
+    model, image, (text, length) = _model(), _image(), _text()
+    mask = torch.zeros(3, CFG.image_tokens, dtype=torch.bool)
+    mask[0, :4], mask[1, 5:12], mask[2] = True, True, sampling.central_mask(CFG.image_grid)
+    out = sampling.inpaint(model, image, mask, text, length, steps=6, generator=_gen(0), trace=True)
+    assert torch.equal(out.image[~mask], image[~mask]) and not out.image_masked.any()
+    assert out.trace[0].image_masked.sum(dim=1).tolist() == [
+        math.ceil(math.cos(math.pi / 12) * int(n)) for n in mask.sum(dim=1)]
+    shared = sampling.inpaint(model, image, sampling.central_mask(CFG.image_grid), text, length, generator=_gen(0))
+    assert torch.equal(shared.image[:, ~sampling.central_mask(CFG.image_grid)], image[:, ~sampling.central_mask(CFG.image_grid)])
+
+
+def test_infilling_only_rewrites_the_span():
+    model, image, (text, length) = _model(), _image(), _text()
+    span = sampling.central_span(length, CFG.text_len)
+    assert span.sum(dim=1).tolist() == [max(1, round(int(n) / 2)) for n in length]
+    out = sampling.infill(model, image, text, length, span, steps=4, generator=_gen(0), trace=True)
+    keep = ~span & (torch.arange(CFG.text_len) < length[:, None])
+    assert torch.equal(out.text[keep], text[keep]) and torch.equal(out.length, length)
+    assert [s.text_masked.sum().item() for s in out.trace][-1] == 0 and len(out.trace) == 4
+
+
+def test_joint_generation_repredicts_the_length_and_ends_unmasked():
+    model = _model()
+    out = sampling.generate_pairs(model, 4, steps=5, generator=_gen(0), trace=True)
+    assert len(out.trace) == 5 and not out.image_masked.any() and not out.text_masked.any()
+    assert ((out.length >= 1) & (out.length <= CFG.text_len)).all()
+    assert torch.equal(out.trace[-1].length, out.length)
+    first = sampling.generate_pairs(model, 4, steps=1, generator=_gen(0))  # one step: no re-prediction
+    assert ((first.length >= 8) & (first.length <= 12)).all()
+
+
+def test_guidance_zero_is_unguided_and_minus_one_is_the_null_condition():
+    model, (text, length) = _model(), _text()
+    opts = dict(steps=4, temperature=0.0, choice_temperature=0.0)
+    plain = sampling.generate_images(model, text, length, generator=_gen(0), **opts)
+    zero = sampling.generate_images(model, text, length, guidance=0.0, generator=_gen(0), **opts)
+    assert torch.equal(plain.image, zero.image) and torch.equal(plain.score, zero.score)
+    strong = sampling.generate_images(model, text, length, guidance=3.0, generator=_gen(0), **opts)
+    assert not torch.equal(strong.image, plain.image)
+    # cond + (-1)(cond - uncond) = uncond: guidance -1 decodes from the null caption
+    mask_all = torch.full((3, CFG.image_tokens), model.vocab.MASK)
+    null = sampling.refine(model, mask_all, unconditional_text(CFG, 3), generate_image=True, generate_text=False,
+                           **opts)
+    minus = sampling.generate_images(model, text, length, guidance=-1.0, generator=_gen(0), **opts)
+    assert torch.equal(null.image, minus.image)
+    with pytest.raises(UserError):
+        sampling.generate_pairs(model, 2, guidance=1.0)
+
+
+def test_argvlt_kv_cache_gives_the_uncached_tokens():
+    model, (text, length), image = _model(causal=True), _text(), _image()
+    for opts in (dict(), dict(temperature=0.7, top_k=20, top_p=0.9)):
+        cached = sampling.ar_generate_images(model, text, length, generator=_gen(5), **opts)
+        full = sampling.ar_generate_images(model, text, length, generator=_gen(5), use_cache=False, **opts)
+        assert torch.equal(cached.image, full.image) and cached.image.shape == (3, CFG.image_tokens)
+        cached = sampling.ar_generate_text(model, image, end_id=7, generator=_gen(5), **opts)
+        full = sampling.ar_generate_text(model, image, end_id=7, generator=_gen(5), use_cache=False, **opts)
+        assert torch.equal(cached.text, full.text) and torch.equal(cached.length, full.length)
+    ends = cached.text.gather(1, (cached.length - 1)[:, None]).squeeze(1)
+    assert ((ends == 7) | (cached.length == CFG.text_len)).all()
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isfinite(sampling.filter_logits(logits, top_k=2)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(sampling.filter_logits(logits, top_p=0.7)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(sampling.filter_logits(logits, top_p=0.5)).tolist() == [[True, False, False, False]]
+    shuffled = logits[:, [2, 0, 3, 1]]
+    assert torch.isfinite(sampling.filter_logits(shuffled, top_p=0.7)).tolist() == [[False, True, False, True]]
+
+
+def test_token_masks_from_the_grid_and_from_pixel_boxes():
+    central = sampling.central_mask((16, 16)).view(16, 16)
+    assert central.sum() == 64 and central[4:12, 4:12].all()
+    box = sampling.box_mask((0, 0, 9, 8), size=(32, 32), grid=(4, 4)).view(4, 4)
+    assert box.tolist() == [[True, True, False, False]] + [[False] * 4] * 3
+    with pytest.raises(UserError):
+        sampling.box_mask((5, 5, 5, 9), size=(32, 32), grid=(4, 4))
+
+
+def test_each_model_kind_refuses_the_other_decoder():
+    (text, length), image = _text(), _image()
+    with pytest.raises(UserError):
+        sampling.generate_images(_model(causal=True), text, length)
+    with pytest.raises(UserError):
+        sampling.ar_generate_text(_model(), image)
