@@ -212,12 +212,17 @@ def sample_tokens(logits: torch.Tensor, generator: torch.Generator) -> tuple[tor
     return tokens.squeeze(1), probs.gather(1, tokens).squeeze(1)
 
 
+def next_ratio(r: torch.Tensor, steps: int) -> torch.Tensor:
+    """The step ratio one decoding step later, r + 1/T, clamped at 1 (Sec. 3.2)."""
+    return (r + 1 / steps).clamp(max=1.0)
+
+
 def unroll_counts(first: torch.Tensor, r: torch.Tensor, n: torch.Tensor, steps: int, schedule) -> torch.Tensor:
     """How many UnrollMask re-masks: ceil(g(r + 1/T) N), strictly fewer than the first mask and at least 1.
 
     A row whose first mask had a single token has nothing to unroll (0).
     """
-    nxt = torch.ceil(schedule((r + 1 / steps).clamp(max=1.0)) * n).long()
+    nxt = torch.ceil(schedule(next_ratio(r, steps)) * n).long()
     return torch.where(first > 1, torch.minimum(nxt.clamp(min=1), first - 1), 0)
 
 
@@ -240,10 +245,9 @@ def unroll_mask(ex: Example, modality: str, sampled: torch.Tensor, confidence: t
     filled = fed.masked_scatter(first, sampled + offset)
     scores = confidence if cfg.unroll_remask == "confidence" else _uniform(confidence.shape, generator, confidence.device)
     scores = torch.full(first.shape, 2.0, device=first.device).masked_scatter(first, scores.float())
-    r_next = (ex.r + 1 / steps).clamp(max=1.0)
     second = lowest_scores(scores, unroll_counts(first.sum(dim=1), ex.r, n, steps, schedule))
     fields = {modality: filled.masked_fill(second, vocab.MASK), f"{modality}_mask": second}
-    return replace(ex, r=r_next, **fields)
+    return replace(ex, r=next_ratio(ex.r, steps), **fields)
 
 
 def join_halves(first: torch.Tensor, second: torch.Tensor, grid: tuple[int, int], vertical: bool) -> torch.Tensor:
