@@ -1,0 +1,202 @@
+"""Pre-tokenized training data: safetensors shards of image codes and text ids, read back as resumable batches.
+
+A data directory holds `meta.json` and, per shard, `shard-NNNNN.safetensors` (image [n, N_I], image_half_w,
+image_half_h, text [n, L], length [n]) with `shard-NNNNN.json` beside it (the captions, so BPE dropout can
+re-tokenize them on the fly). Shards are memory-mapped: a rank touches only the rows of its own micro-batches.
+
+Batching is defined on the global batch so that a run's result does not depend on how it is split: per
+epoch one seeded permutation of the whole set; each step takes the next `batch_size` indices and cuts them
+into `n_micro` = ranks x accumulation micro-batches; micro-batch k always gets the same rows and the same
+BPE-dropout seed, whichever rank runs it. The state is (epoch, position), saved with every checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import random
+import struct
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from safetensors.numpy import save_file
+
+from magvlt.checkpoint import atomic_write, atomic_write_text
+from magvlt.errors import UserError
+
+META = "meta.json"
+FORMAT = "magvlt-tokenized-v1"
+FIELDS = ("image", "image_half_w", "image_half_h", "text", "length")
+_SAFETENSORS_DTYPES = {"I16": np.int16, "I32": np.int32, "I64": np.int64}
+
+
+def derive_seed(*keys: int) -> int:
+    """A well-mixed 63-bit seed from integer keys (run seed, step, micro-batch, ...)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def _token_dtype(vocab: int) -> type:
+    return np.int16 if vocab <= np.iinfo(np.int16).max + 1 else np.int32
+
+
+class ShardWriter:
+    """Collects tokenized rows and writes them as shards, then meta.json (the data directory format above)."""
+
+    def __init__(self, out_dir: str | Path, meta: dict, shard_size: int = 4096):
+        if shard_size < 1:
+            raise UserError(f"shard size must be >= 1, got {shard_size}")
+        self.out_dir, self.meta, self.shard_size = Path(out_dir), dict(meta), shard_size
+        self.dtypes = {
+            "image": _token_dtype(meta["image_vocab"]), "image_half_w": _token_dtype(meta["image_vocab"]),
+            "image_half_h": _token_dtype(meta["image_vocab"]), "text": _token_dtype(meta["text_vocab"]),
+            "length": np.int16,
+        }
+        self.pending: dict[str, list[np.ndarray]] = {k: [] for k in FIELDS}
+        self.captions: list[str] = []
+        self.shards: list[dict] = []
+        self.count = 0
+
+    def add(self, rows: dict[str, np.ndarray | torch.Tensor], captions: Sequence[str]) -> None:
+        """Append n rows: every field of FIELDS with n rows, and their n captions."""
+        n = len(captions)
+        for key in FIELDS:
+            value = np.asarray(rows[key].cpu() if isinstance(rows[key], torch.Tensor) else rows[key])
+            if value.shape[0] != n:
+                raise UserError(f"{key} has {value.shape[0]} rows for {n} captions")
+            self.pending[key].append(value.reshape((n, -1) if key != "length" else (n,)).astype(self.dtypes[key]))
+        self.captions.extend(captions)
+        while len(self.captions) >= self.shard_size:
+            self._flush(self.shard_size)
+
+    def _flush(self, n: int) -> None:
+        arrays = {k: np.concatenate(v) for k, v in self.pending.items()}
+        self.pending = {k: [a[n:]] for k, a in arrays.items()}
+        name = f"shard-{len(self.shards):05d}"
+        shard = {k: np.ascontiguousarray(a[:n]) for k, a in arrays.items()}
+        atomic_write(self.out_dir / f"{name}.safetensors", lambda tmp: save_file(shard, str(tmp)))
+        atomic_write_text(self.out_dir / f"{name}.json", json.dumps(self.captions[:n]) + "\n")
+        self.captions = self.captions[n:]
+        self.shards.append({"name": name, "count": n})
+        self.count += n
+
+    def close(self) -> Path:
+        """Write the last (partial) shard and meta.json; returns the data directory."""
+        if self.captions:
+            self._flush(len(self.captions))
+        if not self.count:
+            raise UserError("no image-caption pairs to write")
+        meta = {"format": FORMAT, **self.meta, "count": self.count, "shards": self.shards}
+        atomic_write_text(self.out_dir / META, json.dumps(meta, indent=1) + "\n")
+        return self.out_dir
+
+
+def read_meta(data_dir: str | Path) -> dict:
+    """The meta.json of a tokenized data directory, checked."""
+    path = Path(data_dir) / META
+    if not path.is_file():
+        raise UserError(f"{data_dir} is not a tokenized data directory ({META} not found; build it with `magvlt tokenize`)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{path} is not a {FORMAT} meta file")
+    return meta
+
+
+def _memmap_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Read-only numpy memory maps of the tensors of a safetensors file (no copy of the data)."""
+    if not path.is_file():
+        raise UserError(f"missing shard {path}")
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    header.pop("__metadata__", None)
+    return {
+        name: np.memmap(path, dtype=_SAFETENSORS_DTYPES[t["dtype"]], mode="r", offset=8 + header_len + t["data_offsets"][0],
+                        shape=tuple(t["shape"]))
+        for name, t in header.items()
+    }
+
+
+class TokenizedDataset:
+    """Random access to the rows of a tokenized data directory."""
+
+    def __init__(self, data_dir: str | Path):
+        self.dir = Path(data_dir)
+        self.meta = read_meta(self.dir)
+        self.shards = [_memmap_safetensors(self.dir / f"{s['name']}.safetensors") for s in self.meta["shards"]]
+        self._captions: dict[int, list[str]] = {}
+        self.starts = np.cumsum([0] + [s["count"] for s in self.meta["shards"]])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def captions(self, shard: int) -> list[str]:
+        if shard not in self._captions:
+            self._captions[shard] = json.loads((self.dir / f"{self.meta['shards'][shard]['name']}.json").read_text())
+        return self._captions[shard]
+
+    def rows(self, indices: np.ndarray) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """The rows at `indices` (in that order) as LongTensors, and their captions."""
+        shard_of = np.searchsorted(self.starts, indices, side="right") - 1
+        out = {k: np.empty((len(indices), *self.shards[0][k].shape[1:]), dtype=np.int64) for k in FIELDS}
+        captions = [""] * len(indices)
+        for s in np.unique(shard_of).tolist():
+            sel = np.flatnonzero(shard_of == s)
+            local = indices[sel] - self.starts[s]
+            for k in FIELDS:
+                out[k][sel] = self.shards[s][k][local]
+            shard_captions = self.captions(s)
+            for i, j in zip(sel.tolist(), local.tolist()):
+                captions[i] = shard_captions[j]
+        return {k: torch.from_numpy(v) for k, v in out.items()}, captions
+
+
+class BatchStream(Iterator[list[dict[str, torch.Tensor]]]):
+    """Each step, this rank's micro-batches of the global batch; resumable from (epoch, position).
+
+    `micro_ids` are the indices (in 0..n_micro-1) of the micro-batches this rank runs each step. With a
+    tokenizer and bpe_dropout > 0, captions are re-tokenized with BPE dropout from an RNG seeded by
+    (seed, epoch, position, micro-batch), so a resumed run draws the same token splits.
+    """
+
+    def __init__(self, dataset: TokenizedDataset, *, batch_size: int, n_micro: int, micro_ids: Sequence[int],
+                 seed: int, tokenizer=None, bpe_dropout: float = 0.0):
+        if batch_size % n_micro:
+            raise UserError(f"batch_size {batch_size} must be divisible by ranks x grad_accum = {n_micro}")
+        if batch_size > len(dataset):
+            raise UserError(f"batch_size {batch_size} is larger than the data set ({len(dataset)} pairs)")
+        self.dataset, self.batch_size, self.micro = dataset, batch_size, batch_size // n_micro
+        self.micro_ids, self.seed = list(micro_ids), seed
+        self.tokenizer, self.bpe_dropout = (tokenizer, bpe_dropout) if bpe_dropout > 0 else (None, 0.0)
+        self.epoch, self.position = 0, 0
+        self._perm_epoch, self._perm = -1, np.empty(0, dtype=np.int64)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The order of the whole data set in `epoch` (the same on every rank)."""
+        if epoch != self._perm_epoch:
+            self._perm_epoch = epoch
+            self._perm = np.random.default_rng(derive_seed(self.seed, epoch)).permutation(len(self.dataset))
+        return self._perm
+
+    def __next__(self) -> list[dict[str, torch.Tensor]]:
+        if self.position + self.batch_size > len(self.dataset):  # the last partial batch of an epoch is dropped
+            self.epoch, self.position = self.epoch + 1, 0
+        batch = self.permutation(self.epoch)[self.position : self.position + self.batch_size]
+        out = [self._micro_batch(batch[k * self.micro : (k + 1) * self.micro], k) for k in self.micro_ids]
+        self.position += self.batch_size
+        return out
+
+    def _micro_batch(self, indices: np.ndarray, k: int) -> dict[str, torch.Tensor]:
+        rows, captions = self.dataset.rows(indices)
+        if self.tokenizer is not None:
+            rng = random.Random(derive_seed(self.seed, self.epoch, self.position, k))
+            rows["text"], rows["length"] = self.tokenizer.encode(captions, dropout=self.bpe_dropout, rng=rng)
+        return rows
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
