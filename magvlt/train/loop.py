@@ -1,0 +1,289 @@
+"""The trainer (App. A): AdamW, warmup + cosine decay, clipping at norm 4, bf16 autocast, accumulation, torchrun.
+
+Randomness: each micro-batch k of step s draws its task and masks from a generator seeded with
+(seed, s, k), and its dropout from the global RNG re-seeded from (seed, s, k) inside `fork_rng`. Nothing
+random carries over from one step to the next, so a resumed run needs no saved RNG state to continue
+bit for bit, and the result does not depend on whether micro-batches run on several ranks or one after
+another on a single process (the global batch is cut into ranks x grad_accum micro-batches either way).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from magvlt.config import ModelConfig, ObjectiveConfig, TrainConfig, load_json, save_json
+from magvlt.data.tokenized import BatchStream, TokenizedDataset, derive_seed
+from magvlt.errors import UserError
+from magvlt.model import Transformer
+from magvlt.objectives import TASKS, mask_task, predict_masked, training_loss
+from magvlt.train import dist, rundir
+
+_DROPOUT_STREAM = 1  # seed key separating the dropout RNG from the objective's generator
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of update `step` (0-based): linear warmup, then cosine decay to min_lr_ratio * lr."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on linear weights only, none on norms, biases and embeddings (and tied heads)."""
+    decay = [m.weight for m in module.modules() if isinstance(m, nn.Linear)]
+    ids = {id(p) for p in decay}
+    rest = [p for p in module.parameters() if id(p) not in ids]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def fit_to_data(model: ModelConfig, meta: dict) -> tuple[ModelConfig, list[str]]:
+    """The model config with the data's token spaces (image codes and grid, text vocabulary and length)."""
+    fields = {"image_vocab": meta["image_vocab"], "image_grid": tuple(meta["image_grid"]),
+              "text_vocab": meta["text_vocab"], "text_len": meta["text_len"]}
+    notes = [f"model.{k} = {v} (from the data; was {getattr(model, k)})" for k, v in fields.items() if getattr(model, k) != v]
+    return dataclasses.replace(model, **fields), notes
+
+
+class TrainingObjective(nn.Module):
+    """The transformer with its training loss as forward, so DDP and FSDP see every use of the weights in one call."""
+
+    def __init__(self, model: Transformer, cfg: ObjectiveConfig):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator):
+        return training_loss(self.model, batch, self.cfg, generator)
+
+
+def _check_config(cfg: TrainConfig, world_size: int) -> None:
+    if cfg.steps < 1 or cfg.grad_accum < 1 or cfg.warmup_steps < 0 or cfg.log_every < 1 or cfg.ckpt_every < 1:
+        raise UserError("steps, grad_accum, log_every and ckpt_every must be >= 1 and warmup_steps >= 0")
+    if cfg.batch_size % (world_size * cfg.grad_accum):
+        raise UserError(f"batch_size {cfg.batch_size} must be divisible by ranks x grad_accum = {world_size} x {cfg.grad_accum}")
+
+
+def _resumed_config(cfg: TrainConfig, out: Path) -> None:
+    """Refuse to resume a run whose model differs from the one this config (fitted to the data) describes."""
+    saved = load_json(TrainConfig, out / rundir.CONFIG).model
+    diff = [f"{f.name}: run has {getattr(saved, f.name)}, now {getattr(cfg.model, f.name)}"
+            for f in dataclasses.fields(ModelConfig) if getattr(saved, f.name) != getattr(cfg.model, f.name)]
+    if diff:
+        raise UserError(f"cannot resume {out}: the model it holds differs from this data/config ({'; '.join(diff)})")
+
+
+class _Window:
+    """Means of the metrics over the steps since the last log line."""
+
+    def __init__(self):
+        self.sums, self.counts, self.steps, self.start = {}, {}, 0, time.monotonic()
+
+    def add(self, metrics: dict[str, float]) -> None:
+        self.steps += 1
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+
+def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
+          progress: bool = True) -> Path:
+    """Train a MAGVLT (or ARGVLT) transformer on tokenized data into out_dir; returns out_dir (App. A).
+
+    The model's token fields are taken from the data's meta.json. Under torchrun, runs DDP (or FSDP2 when
+    cfg.fsdp) with one part of every global batch per rank; only rank 0 writes files. Stops with a
+    checkpoint at cfg.steps or when cfg.max_minutes of wall time are spent; a non-finite loss stops the run
+    with a UserError naming the step, leaving the last good checkpoint in place.
+    """
+    t0 = time.monotonic()
+    info = dist.init_distributed()
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(info.device.type == "cpu")
+    try:
+        return _train(dataclasses.replace(cfg), Path(data_dir), Path(out_dir), resume, progress, info, t0)
+    finally:
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        dist.close_distributed(info)
+
+
+def _say(info: dist.DistInfo, message: str) -> None:
+    if info.is_main:
+        print(f"magvlt: {message}", file=sys.stderr)
+
+
+def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: bool, info: dist.DistInfo,
+           t0: float) -> Path:
+    dataset = TokenizedDataset(data_dir)
+    cfg.model, notes = fit_to_data(cfg.model, dataset.meta)
+    for note in notes:
+        _say(info, note)
+    _check_config(cfg, info.world_size)
+    if info.is_main:
+        rundir.finish_commit(out)
+    dist.barrier(info)
+    if resume and not rundir.has_checkpoint(out):
+        raise UserError(f"nothing to resume: {out} holds no checkpoint ({rundir.STATE})")
+    if resume:
+        _resumed_config(cfg, out)
+    elif rundir.has_checkpoint(out):
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another output directory")
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = Transformer(cfg.model)
+    objective = TrainingObjective(model.to(info.device), cfg.objective)
+    if cfg.compile:
+        model.compile()
+    wrapped = dist.wrap(objective, model.blocks, info, cfg.fsdp)
+    optimizer = torch.optim.AdamW(param_groups(objective, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                                  fused=info.device.type == "cuda")
+
+    tokenizer = None
+    if cfg.bpe_dropout > 0:
+        if dataset.meta.get("text_dir"):
+            from magvlt.text import load_text_tokenizer
+
+            tokenizer = load_text_tokenizer(dataset.meta["text_dir"])
+        else:
+            _say(info, "BPE dropout is off: the data's meta.json names no text tokenizer")
+    accum = cfg.grad_accum
+    micro_ids = list(range(info.rank * accum, (info.rank + 1) * accum))
+    stream = BatchStream(dataset, batch_size=cfg.batch_size, n_micro=info.world_size * accum, micro_ids=micro_ids,
+                         seed=cfg.seed, tokenizer=tokenizer, bpe_dropout=cfg.bpe_dropout)
+
+    step, elapsed_before = 0, 0.0
+    if resume:
+        weights, state = rundir.load_checkpoint(out)
+        dist.load_full_state(wrapped, objective, optimizer, {f"model.{k}": v for k, v in weights.items()}, state["optimizer"])
+        stream.load_state_dict(state["data"])
+        step, elapsed_before = int(state["step"]), float(state["elapsed"])
+        if info.is_main:
+            rundir.truncate_metrics(out, step)
+        _say(info, f"resuming {out} at step {step}")
+    elif info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_json(cfg, out / rundir.CONFIG)
+        rundir.copy_tokenizers(dataset.meta, out)
+        (out / rundir.METRICS).unlink(missing_ok=True)
+    if info.is_main and step == 0:
+        _say(info, f"{model.num_params() / 1e6:.2f}M parameters, {len(dataset)} pairs, {info.world_size} rank(s) on {info.device}")
+
+    def checkpoint() -> None:
+        model_state, optim_state = dist.full_state(wrapped, optimizer, info)
+        if info.is_main:
+            weights = {k.removeprefix("model."): v for k, v in model_state.items()}
+            state = {"step": step, "optimizer": optim_state, "data": stream.state_dict(),
+                     "elapsed": elapsed_before + time.monotonic() - t0}
+            rundir.save_checkpoint(out, weights, state)
+            rundir.plot_losses(out)
+        dist.barrier(info)
+
+    tokens_per_step = cfg.batch_size * (cfg.model.image_tokens + cfg.model.text_len + 2)
+    window, last_saved = _Window(), step
+    wrapped.train()
+    bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="train", disable=None if progress and info.is_main else True)
+    try:
+        while step < cfg.steps:
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            metrics = _accumulate(wrapped, next(stream), step, micro_ids, cfg, info)
+            norm = nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
+            norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+            time_up = cfg.max_minutes > 0 and time.monotonic() - t0 > 60 * cfg.max_minutes
+            loss, time_up = all_reduce_loss(metrics.pop("loss"), time_up, info)
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                kept = f"the last good checkpoint (step {last_saved}) is kept in {out}" if last_saved else "no checkpoint was written"
+                raise UserError(f"training diverged at step {step + 1}: loss {loss}, gradient norm {norm}; stopped, {kept}")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            window.add({"loss": loss, **metrics, "grad_norm": norm})
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps or time_up:
+                seconds = time.monotonic() - window.start
+                record = {"step": step, **window.means(), "lr": lr,
+                          "tokens_per_s": tokens_per_step * window.steps / seconds,
+                          "elapsed": elapsed_before + time.monotonic() - t0}
+                if info.is_main:
+                    rundir.append_metrics(out, record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                window = _Window()
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or time_up:
+                checkpoint()
+                last_saved = step
+            if time_up:
+                _say(info, f"time budget of {cfg.max_minutes} min spent: stopped at step {step} with a checkpoint")
+                break
+    finally:
+        bar.close()
+    return out
+
+
+def _accumulate(wrapped: nn.Module, micro_batches: list[dict[str, torch.Tensor]], step: int, micro_ids: list[int],
+                cfg: TrainConfig, info: dist.DistInfo) -> dict[str, float]:
+    """Forward and backward over this rank's micro-batches; gradients averaged over the global batch.
+
+    Returns the metrics averaged over the micro-batches ("loss" is the mean loss; per-task terms are the means
+    over the micro-batches that sampled that task).
+    """
+    sums, counts = {}, {}
+    devices = [info.device] if info.device.type == "cuda" else []
+    for a, (k, batch) in enumerate(zip(micro_ids, micro_batches)):
+        batch = {key: v.to(info.device, non_blocking=True) for key, v in batch.items()}
+        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, step, k))
+        with dist.gradient_sync(wrapped, a == len(micro_batches) - 1), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(derive_seed(cfg.seed, step, k, _DROPOUT_STREAM))
+            with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss, metrics = wrapped(batch, generator)
+            (loss / len(micro_batches)).backward()
+        metrics.pop("task", None)
+        for key, v in metrics.items():
+            sums[key] = sums.get(key, 0.0) + v
+            counts[key] = counts.get(key, 0) + 1
+    return {key: sums[key] / counts[key] for key in sums}
+
+
+def all_reduce_loss(loss: float, time_up: bool, info: dist.DistInfo) -> tuple[float, bool]:
+    """The mean loss over ranks, and whether any rank has spent its time budget (one collective per step)."""
+    totals = dist.all_reduce_sum(torch.tensor([loss, float(time_up)], dtype=torch.float64), info)
+    return float(totals[0]) / info.world_size, bool(totals[1] > 0)
+
+
+@torch.no_grad()
+def evaluate_masked_accuracy(model: Transformer, batches: Iterable[dict[str, torch.Tensor]], *, seed: int = 0) -> dict[str, float]:
+    """Masked-token accuracy per task on held-out batches, masks drawn as in training (Sec. 3.1) from a fixed seed.
+
+    Keys: "t2i/image" (image tokens, text clean), "i2t/text" (text tokens, image clean), "it2it/image" and
+    "it2it/text" (both masked). Each is the fraction of all masked tokens of all batches predicted right.
+    """
+    if model.cfg.causal:
+        raise UserError("masked-token accuracy applies to MAGVLT (bidirectional) models, not ARGVLT")
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    hits: dict[str, list[int]] = {}
+    for batch in batches:
+        image, text, length = (batch[k].to(device) for k in ("image", "text", "length"))
+        for task in TASKS:
+            ex = mask_task(task, model.vocab, image, text, length, generator)
+            pred = predict_masked(model, ex, 0.0)
+            for modality, logits, target in (("image", pred.image_logits, ex.image_target[ex.image_mask]),
+                                             ("text", pred.text_logits, ex.text_target[ex.text_mask])):
+                if target.numel():
+                    n = hits.setdefault(f"{task}/{modality}", [0, 0])
+                    n[0] += int((logits.argmax(-1) == target).sum())
+                    n[1] += target.numel()
+    model.train(was_training)
+    return {k: correct / total for k, (correct, total) in hits.items()}

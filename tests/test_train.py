@@ -1,0 +1,182 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from magvlt.checkpoint import load_torch, load_weights
+from magvlt.cli import main as cli_main
+from magvlt.config import ModelConfig, TrainConfig, load_json
+from magvlt.data.tokenized import TokenizedDataset
+from magvlt.errors import UserError
+from magvlt.model import Transformer
+from magvlt.train import loop, rundir
+from magvlt.train.loop import evaluate_masked_accuracy, lr_at, param_groups, train
+from synthetic import write_synthetic
+
+TESTS = Path(__file__).parent
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
+
+
+def tiny_config(**kw) -> TrainConfig:
+    base = dict(steps=12, batch_size=16, lr=2e-3, warmup_steps=4, log_every=2, ckpt_every=4, bpe_dropout=0.0)
+    return TrainConfig(model=ModelConfig(n_layer=2, n_head=2, n_embd=64), **{**base, **kw})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: bitwise comparisons with subprocesses need the same reduction order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    cfg = TrainConfig(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(55, cfg) == pytest.approx(0.55)  # half way down the cosine
+    assert lr_at(100, cfg) == pytest.approx(0.1) and lr_at(500, cfg) == pytest.approx(0.1)
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
+
+
+def test_no_weight_decay_on_norms_biases_embeddings():
+    model = Transformer(ModelConfig(n_layer=1, n_head=2, n_embd=16, image_vocab=8, image_grid=(2, 2), text_vocab=8, text_len=4))
+    decay, rest = param_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decay["weight_decay"] == 0.01 and rest["weight_decay"] == 0.0
+    assert "blocks.0.attn.qkv.weight" in decayed and "length_head.weight" in decayed
+    assert not any(n.endswith("bias") or "ln" in n or "emb" in n for n in decayed)
+    assert len(decay["params"]) + len(rest["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.slow
+def test_training_learns_and_writes_the_run_directory(tmp_path):
+    data, held = write_synthetic(tmp_path / "data"), write_synthetic(tmp_path / "held", n=128, seed=1)
+    out = train(tiny_config(steps=40, batch_size=32, log_every=5, ckpt_every=20), data, tmp_path / "run", progress=False)
+
+    for name in ("config.json", "model.safetensors", "train_state.pt", "metrics.jsonl", "loss.png"):
+        assert (out / name).is_file(), name
+    cfg = load_json(TrainConfig, out / "config.json")
+    assert (cfg.model.image_vocab, cfg.model.image_grid, cfg.model.text_vocab, cfg.model.text_len) == (16, (4, 4), 12, 6)
+    model = Transformer(cfg.model)
+    model.load_state_dict(load_weights(out / "model.safetensors"), strict=True)
+    state = load_torch(out / "train_state.pt")  # weights_only=True
+    assert state["step"] == 40 and state["data"] == {"epoch": 4, "position": 256}  # 8 batches per epoch
+    records = rundir.read_metrics(out)
+    assert [r["step"] for r in records] == list(range(5, 41, 5))
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "elapsed", "t2i/mask"} <= set().union(*records)
+    assert records[-1]["loss"] < 0.75 * records[0]["loss"]
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    rows, _ = TokenizedDataset(held).rows(np.arange(128))
+    acc = evaluate_masked_accuracy(model, [rows])
+    assert set(acc) == {"t2i/image", "i2t/text", "it2it/image", "it2it/text"}
+    # Guessing each half's most common code scores about 0.27 on the image; the caption names them all.
+    assert acc["t2i/image"] > 0.5 and acc["i2t/text"] > 0.5, acc
+
+
+def _train_cli(data: Path, out: Path, *args: str) -> subprocess.Popen:
+    overrides = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "batch_size=16", "lr=2e-3", "warmup_steps=4",
+                 "log_every=2", "ckpt_every=4", "bpe_dropout=0.0"]
+    cmd = [sys.executable, "-c", "import sys; from magvlt.cli import main; sys.exit(main())", "train", "--config", "tiny",
+           "--data", str(data), "--out", str(out), "--no-progress", *args, *overrides]
+    return subprocess.Popen(cmd, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_bitwise_equal(tmp_path):
+    data = write_synthetic(tmp_path / "data", n=64)
+    full = _train_cli(data, tmp_path / "full", "--steps", "12")
+    killed = _train_cli(data, tmp_path / "killed", "--steps", "12")
+    while not (tmp_path / "killed" / "train_state.pt").exists() and killed.poll() is None:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    step_at_kill = load_torch(tmp_path / "killed" / "train_state.pt")["step"]
+    assert 0 < step_at_kill < 12
+
+    resumed = _train_cli(data, tmp_path / "killed", "--steps", "12", "--resume")
+    assert resumed.wait() == 0, resumed.stdout.read()
+    assert full.wait() == 0, full.stdout.read()
+    a, b = load_weights(tmp_path / "full" / "model.safetensors"), load_weights(tmp_path / "killed" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = load_torch(tmp_path / "full" / "train_state.pt"), load_torch(tmp_path / "killed" / "train_state.pt")
+    assert sa["data"] == sb["data"] and sa["step"] == sb["step"] == 12
+    assert [r["step"] for r in rundir.read_metrics(tmp_path / "killed")] == list(range(2, 13, 2))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    data = write_synthetic(tmp_path / "data", n=64)
+    calls = []
+
+    def poisoned(model, batch, cfg, generator):
+        loss, metrics = loop.training_loss(model, batch, cfg, generator)
+        calls.append(1)
+        if len(calls) >= 7:
+            return loss * math.nan, {**metrics, "loss": math.nan}
+        return loss, metrics
+
+    monkeypatch.setattr(loop.TrainingObjective, "forward", lambda self, batch, generator: poisoned(self.model, batch, self.cfg, generator))
+    with pytest.raises(UserError, match=r"diverged at step 7: loss nan.*last good checkpoint \(step 4\)"):
+        train(tiny_config(), data, tmp_path / "run", progress=False)
+    assert load_torch(tmp_path / "run" / "train_state.pt")["step"] == 4
+    weights = load_weights(tmp_path / "run" / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_time_budget_stops_with_a_checkpoint(tmp_path):
+    data = write_synthetic(tmp_path / "data", n=64)
+    out = train(tiny_config(max_minutes=1e-6), data, tmp_path / "run", progress=False)
+    assert load_torch(out / "train_state.pt")["step"] == 1
+    assert [r["step"] for r in rundir.read_metrics(out)] == [1]
+
+
+def test_interrupted_commit_is_completed_or_dropped(tmp_path):
+    rundir.save_checkpoint(tmp_path, {"w": torch.zeros(2)}, {"step": 1})
+    staged = {"w": torch.ones(2)}
+    # A crash after staging both files and writing the commit record: the next start completes it.
+    rundir.atomic_write(tmp_path / ".model.safetensors.next", lambda p: rundir.save_file(staged, str(p)))
+    rundir.atomic_write(tmp_path / ".train_state.pt.next", lambda p: torch.save({"step": 2}, p))
+    (tmp_path / rundir.COMMIT).write_text(json.dumps({n: f".{n}.next" for n in (rundir.WEIGHTS, rundir.STATE)}))
+    rundir.finish_commit(tmp_path)
+    weights, state = rundir.load_checkpoint(tmp_path)
+    assert state["step"] == 2 and torch.equal(weights["w"], torch.ones(2))
+    # A crash before the commit record: the staged file is dropped, the committed pair stays.
+    rundir.atomic_write(tmp_path / ".train_state.pt.next", lambda p: torch.save({"step": 3}, p))
+    rundir.finish_commit(tmp_path)
+    assert rundir.load_checkpoint(tmp_path)[1]["step"] == 2 and not list(tmp_path.glob(".*.next"))
+
+
+def _cli(*argv: str) -> int:
+    return cli_main(["train", "--no-progress", *argv])
+
+
+def test_cli_refuses_bad_input(tmp_path, capsys):
+    data = write_synthetic(tmp_path / "data", n=64)
+    small = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "batch_size=16", "bpe_dropout=0.0"]
+    cases = [
+        (["--config", "tiny", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")], "meta.json not found"),
+        (["--config", "huge", "--data", str(data), "--out", str(tmp_path / "r")], "unknown preset 'huge'"),
+        (["--config", "tiny", "--data", str(data), "--out", str(tmp_path / "r"), "model.depth=3"], "unknown config field"),
+        (["--data", str(data), "--out", str(tmp_path / "r")], "--config PRESET is required"),
+        (["--data", str(data), "--out", str(tmp_path / "r"), "--resume"], "nothing to resume"),
+        (["--config", "tiny", "--data", str(data), "--out", str(tmp_path / "r"), "grad_accum=4", "batch_size=10"], "divisible"),
+    ]
+    for argv, message in cases:
+        assert _cli(*argv) == 2
+        assert message in capsys.readouterr().err
+    assert _cli("--config", "tiny", "--data", str(data), "--out", str(tmp_path / "r"), "--steps", "1", *small) == 0
+    assert _cli("--config", "tiny", "--data", str(data), "--out", str(tmp_path / "r"), "--steps", "1", *small) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    other = write_synthetic(tmp_path / "other", n=64, text_vocab=20)
+    assert _cli("--data", str(other), "--out", str(tmp_path / "r"), "--resume", "--steps", "2") == 2
+    assert "text_vocab: run has 12, now 20" in capsys.readouterr().err
