@@ -108,10 +108,10 @@ def box_mask(box: tuple[float, float, float, float], size: tuple[int, int], grid
     return (in_y[:, None] & in_x[None, :]).flatten()
 
 
-def central_span(length: torch.Tensor, text_len: int, fraction: float = 0.5) -> torch.Tensor:
-    """Bool [B, L]: the central fraction of each caption's tokens (Sec. 4.3 text infilling), at least one."""
+def central_span(length: torch.Tensor, text_len: int, fraction: float = 0.5, start: int = 0) -> torch.Tensor:
+    """Bool [B, L]: the central fraction (at least one) of the `length` tokens from `start` (Sec. 4.3 infilling)."""
     n = torch.clamp(torch.round(length * fraction), min=1).long()
-    start = (length - n) // 2
+    start = start + (length - n) // 2
     pos = torch.arange(text_len, device=length.device)
     return (pos >= start.unsqueeze(1)) & (pos < (start + n).unsqueeze(1))
 
@@ -265,13 +265,13 @@ def _check_magvlt(model: Transformer) -> None:
         raise UserError("this is an ARGVLT (causal) model: it decodes token by token, use the ar_* functions")
 
 
-def _select(sample: Sample, rows: torch.Tensor) -> Sample:
-    """The given rows of a sample and of its trace."""
+def select_rows(sample: Sample, rows: torch.Tensor) -> Sample:
+    """The given rows of a sample and of its trace (e.g. the best candidates)."""
     return Sample(
         image=sample.image[rows], text=sample.text[rows], length=sample.length[rows],
         image_masked=sample.image_masked[rows], text_masked=sample.text_masked[rows],
         score=None if sample.score is None else sample.score[rows],
-        trace=[_select(s, rows) for s in sample.trace],
+        trace=[select_rows(s, rows) for s in sample.trace],
     )
 
 
@@ -320,7 +320,7 @@ def generate_text(model: Transformer, image: torch.Tensor, *, steps: int = 12, l
     if k == 1:
         return out
     best = out.score.view(b, k).argmax(dim=1) + torch.arange(b, device=image.device) * k
-    return _select(out, best)
+    return select_rows(out, best)
 
 
 def infill(model: Transformer, image: torch.Tensor, text: torch.Tensor, length: torch.Tensor, mask: torch.Tensor,

@@ -1,0 +1,200 @@
+"""T2I decoding speed, MAGVLT against ARGVLT (paper Tables 1 and 9: 8.12x for the base model on GPUs).
+
+One run, same machine, same architecture and weight shapes (random weights: speed does not depend on them),
+256 image tokens (16x16): MAGVLT decodes in T = 10 parallel steps, each a forward over the whole sequence
+[<BOI> 256 image <BOT> 64 text] = 322 tokens; ARGVLT decodes the 256 image tokens one at a time after the
+66-token text prefix, with a KV cache (the fair baseline) and without one. Times are medians of full decodes.
+
+    python benchmarks/decode_speed.py            # tiny and mid (12 x 768), batch 1 and 32; a few minutes
+    python benchmarks/decode_speed.py --quick    # tiny only, seconds
+    python benchmarks/decode_speed.py --full     # also the cells the default estimates (tens of minutes)
+
+Without --full, two mid-size batch-32 cells would take most of an hour on 2 cores, so they are estimated and
+marked "~": MAGVLT from a 2-step decode scaled by 10 / 2 (every step is the same forward on the same shapes),
+ARGVLT without a cache is skipped.
+
+Why a CPU does not show the paper's 8.12x. Per sample, MAGVLT computes T * 322 token-forwards (~10x the
+FLOPs of ARGVLT with a cache, which computes 66 + 256 token-forwards) but reads the weights only T = 10 times
+in sequence, where cached ARGVLT reads them 256 times, one dependent step after another. Which of the two
+costs dominates is a property of the machine:
+- A GPU has ~100x more compute per byte of memory bandwidth than needed by a one-token step, so a cached AR
+  step is bound by weight traffic and kernel-launch latency and costs nearly as much as a whole 322-token
+  forward; the speed-up approaches 256 / 10 and is eaten into by MAGVLT's extra compute as the batch
+  grows: the paper measures 8.12x.
+- Two CPU cores have little compute (~0.1-0.3 TFLOP/s) against ~10-20 GB/s of memory bandwidth, so both
+  methods are compute-bound and time follows FLOPs: MAGVLT's 10x more arithmetic makes it slower than cached
+  ARGVLT (a ratio below 1), more so at batch 32 where an AR step's weight reads are shared by 32 rows.
+  Against ARGVLT without a cache (sum of 66..321-token forwards, ~60x MAGVLT's per-step work summed over
+  256 steps) MAGVLT wins on any machine.
+The script prints the FLOPs and weight passes of each method and the throughput each decode reached, so the
+figure can be checked against the machine's roofline.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+import torch
+
+from magvlt import sampling
+from magvlt.config import MODEL_PRESETS, ModelConfig
+from magvlt.model import Transformer
+
+STEPS = 10
+PROMPT_LEN = 16  # real caption tokens; the rest of the 64 is padding, as in the paper's fixed text length
+
+
+def bench_configs() -> dict[str, ModelConfig]:
+    """The tiny preset on a 16x16 grid and the 12 x 768 mid preset (256 image tokens, 16,384 codes)."""
+    return {
+        "tiny (4x256)": dataclasses.replace(MODEL_PRESETS["tiny"], image_grid=(16, 16)),
+        "mid (12x768)": MODEL_PRESETS["mid"],
+    }
+
+
+def flops_and_passes(cfg: ModelConfig, method: str) -> tuple[float, int]:
+    """Matmul FLOPs per sample (blocks, attention, image head) and the number of sequential forwards."""
+    d, n_layer, n_i = cfg.n_embd, cfg.n_layer, cfg.image_tokens
+    seq, prefix = n_i + cfg.text_len + 2, cfg.text_len + 2
+    block = 2 * 12 * d * d * n_layer  # per token: qkv, proj and the 4x MLP
+    head = 2 * d * cfg.image_vocab
+
+    def forward(queries: int, keys: int, causal: bool) -> float:  # QK^T and AV: 4 d per query-key pair per layer
+        return queries * block + 4 * d * n_layer * queries * keys / (2 if causal else 1)
+
+    if method == "magvlt":
+        return STEPS * (forward(seq, seq, False) + n_i * head), STEPS
+    if method == "ar-cached":  # prefill, then one token per forward against the cache
+        total = forward(prefix, prefix, True) + sum(forward(1, k, False) for k in range(prefix + 1, seq))
+    else:  # every token recomputes its whole prefix
+        total = sum(forward(p, p, True) for p in range(prefix, seq))
+    return total + n_i * head, n_i
+
+
+def weight_bytes(model: Transformer) -> int:
+    """Bytes of weights a forward reads: every block, and the image rows of the tied head."""
+    blocks = sum(p.numel() * p.element_size() for p in model.blocks.parameters())
+    return blocks + model.cfg.image_vocab * model.cfg.n_embd * 4
+
+
+def timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def median_time(fn, repeats: int, device: torch.device) -> float:
+    return statistics.median(timed(fn, device) for _ in range(repeats))
+
+
+def run_cell(name: str, cfg: ModelConfig, batch: int, args, device: torch.device) -> dict:
+    """Median decode times of the three methods for one model size and batch size."""
+    torch.manual_seed(0)
+    magvlt = Transformer(cfg).to(device).eval()
+    argvlt = Transformer(dataclasses.replace(cfg, causal=True)).to(device).eval()
+    text = torch.randint(0, 1000, (batch, cfg.text_len), device=device)
+    length = torch.full((batch,), PROMPT_LEN, device=device)
+    gen = torch.Generator(device).manual_seed(0)
+    expensive = not args.full and cfg.n_layer >= 12 and batch >= 32
+    repeats = 1 if args.quick or cfg.n_layer >= 12 else args.repeats
+
+    def mag(steps: int):
+        return lambda: sampling.generate_images(magvlt, text, length, steps=steps, generator=gen)
+
+    def ar(use_cache: bool):
+        return lambda: sampling.ar_generate_images(argvlt, text, length, generator=gen, use_cache=use_cache)
+
+    mag(1)()  # warm-up: allocator, kernels, thread pool
+    row = {"model": name, "batch": batch, "estimated": set()}
+    if expensive:
+        row["magvlt"] = median_time(mag(2), repeats, device) * STEPS / 2
+        row["estimated"].add("magvlt")
+    else:
+        row["magvlt"] = median_time(mag(STEPS), repeats, device)
+    row["ar-cached"] = median_time(ar(True), repeats, device)
+    skip_uncached = expensive or (args.quick and batch > 1)
+    row["ar-uncached"] = None if skip_uncached else median_time(ar(False), 1, device)
+    wbytes = weight_bytes(magvlt)
+    for method in ("magvlt", "ar-cached", "ar-uncached"):
+        flops, passes = flops_and_passes(cfg, method)
+        row[f"{method}/gflops"] = flops * batch / 1e9
+        row[f"{method}/passes"] = passes
+        if row[method] is not None:
+            row[f"{method}/tflops_s"] = flops * batch / row[method] / 1e12
+            row[f"{method}/gb_s"] = wbytes * passes / row[method] / 1e9
+    return row
+
+
+def fmt_time(row: dict, method: str) -> str:
+    if row[method] is None:
+        return "—"
+    return ("~" if method in row["estimated"] else "") + f"{row[method]:.2f}"
+
+
+def fmt_ratio(row: dict, method: str) -> str:
+    if row[method] is None:
+        return "—"
+    approx = "~" if row["estimated"] else ""
+    return f"{approx}{row[method] / row['magvlt']:.2f}x"
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| model | batch | MAGVLT, 10 steps (s) | ARGVLT + KV cache (s) | ARGVLT, no cache (s) | speed-up vs cached | vs no cache |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {fmt_time(r, 'magvlt')} | {fmt_time(r, 'ar-cached')} | "
+            f"{fmt_time(r, 'ar-uncached')} | {fmt_ratio(r, 'ar-cached')} | {fmt_ratio(r, 'ar-uncached')} |"
+        )
+    return "\n".join(lines)
+
+
+def roofline(rows: list[dict]) -> str:
+    lines = [
+        "| model | batch | method | GFLOP | sequential forwards | achieved TFLOP/s | weight GB/s |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        for m in ("magvlt", "ar-cached", "ar-uncached"):
+            achieved = (f"{r[f'{m}/tflops_s']:.3f} | {r[f'{m}/gb_s']:.1f}" if f"{m}/tflops_s" in r else "— | —")
+            lines.append(f"| {r['model']} | {r['batch']} | {m} | {r[f'{m}/gflops']:.0f} | {r[f'{m}/passes']} | {achieved} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model only, one repeat (seconds)")
+    parser.add_argument("--full", action="store_true", help="measure every cell, none estimated (slow on a CPU)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--repeats", type=int, default=3, help="decodes per median (the mid model uses 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    configs = bench_configs()
+    if args.quick:
+        configs = dict(list(configs.items())[:1])
+    rows = []
+    for name, cfg in configs.items():
+        for batch in args.batches:
+            rows.append(run_cell(name, cfg, batch, args, device))
+            print(f"measured {name} batch {batch}", flush=True)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\nT2I decoding, 256 image tokens, {where}, torch {torch.__version__} (~: estimated, see --full)\n")
+    print(markdown(rows))
+    print("\nWork per decode and the throughput reached (FLOPs of matmuls; weights read once per sequential forward):\n")
+    print(roofline(rows))
+
+
+if __name__ == "__main__":
+    main()
