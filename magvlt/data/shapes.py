@@ -1,18 +1,18 @@
 """Shapes world (spec v1, shared/specs/shapes-world.md): drawn scenes whose captions can be checked exactly.
 
 A scene is a frozenset of `Obj(size, color, shape, anchor)`. Every sample is a pure function of
-(split, seed, index): its random numbers come from PCG64(SeedSequence([seed, split_id, index])) read as raw
-64-bit words, so neither a global RNG nor numpy's Generator methods (whose streams may change between numpy
-versions) are involved.
+(split, seed, index): its random numbers are read from SHAKE-256 of the text "shapes-world/v1/{split}/{seed}/{index}"
+(see `_uniforms`), so no global RNG is involved, no numpy version can change the stream, and any
+re-implementation reproduces it.
 
 Rasterization is exact integer arithmetic, the same on every machine and Pillow version: an object of
 half-extent r at (cx, cy) owns the pixel box of width w = floor(2r + 1/2) starting at
 x0 = floor(cx - w/2 + 1/2) (y0 likewise), and a pixel of that box is painted iff its center lies inside the
 shape inscribed in the box (circle: inside the disc; triangle: apex at the top middle, base along the
-bottom edge). No anti-aliasing, solid fills, black background.
+bottom edge), computed in exact integers (`stamp`). No anti-aliasing, solid fills, black background.
 
 Splits: `train` never holds the held-out (color, shape) pairs; `val` is drawn from the same distribution as
-`train` (same knobs) from a different split id, so its random draws never coincide with train's (its scenes
+`train` (same knobs) under a different split name, so its random draws never coincide with train's (its scenes
 can, since there are only 150 one-object and 1,800 two-object train scenes: val measures fresh renders of the
 training distribution); `novel` holds at least one held-out pair in every scene; `counter` holds only
 objects whose shape breaks the bias rule, using compositions seen in train (so it isolates the bias from
@@ -20,6 +20,10 @@ compositional generalization). The bias knob applies to train and val only.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import math
+import struct
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -43,7 +47,7 @@ PAIR_LAYOUTS = (("left", "right"), ("top", "bottom"))
 HALF_EXTENT = {"small": 0.09, "large": 0.17}  # fraction of S
 HELD_OUT = (("green", "triangle"), ("purple", "square"), ("yellow", "circle"))
 BIAS_RULE = {"red": "circle", "blue": "square", "white": "triangle", "green": "circle", "purple": "triangle", "yellow": "square"}
-SPLITS = ("train", "val", "novel", "counter")  # position = split id in the seed
+SPLITS = ("train", "val", "novel", "counter")
 MIN_SIZE = 16
 
 _N_UNIFORMS = 18  # 4 per scene + 7 per object
@@ -119,11 +123,10 @@ def _check(split: str, size: int, bias: float, seed: int) -> None:
         raise UserError(f"seed must be a non-negative integer, got {seed}")
 
 
-def _uniforms(split: str, seed: int, index: int) -> np.ndarray:
-    """The sample's random numbers in [0, 1): 53-bit doubles from raw PCG64 words."""
-    bits = np.random.SeedSequence([int(seed), SPLITS.index(split), int(index)])
-    raw = np.random.PCG64(bits).random_raw(_N_UNIFORMS)
-    return (raw >> np.uint64(11)).astype(np.float64) * 2.0**-53
+def _uniforms(split: str, seed: int, index: int) -> tuple[float, ...]:
+    """The sample's random numbers in [0, 1): little-endian uint32 words of SHAKE-256("shapes-world/v1/split/seed/index") / 2**32."""
+    words = hashlib.shake_256(f"shapes-world/v1/{split}/{seed}/{index}".encode()).digest(4 * _N_UNIFORMS)
+    return tuple(w * 2.0**-32 for w in struct.unpack(f"<{_N_UNIFORMS}I", words))
 
 
 def _pick(u: float, options: Sequence):
@@ -169,33 +172,29 @@ def draw(split: str, index: int, seed: int = 0, size: int = 32, bias: float = 0.
 
 # ---------------------------------------------------------------- rendering
 
-_SHAPE_ID = {s: i for i, s in enumerate(SHAPES)}
+@functools.lru_cache(maxsize=None)
+def stamp(shape: str, w: int) -> np.ndarray:
+    """Boolean w x w mask of a shape inscribed in a w-pixel box, tested at pixel centers in exact integers."""
+    c = 2 * np.arange(w) + 1 - w  # doubled pixel-center offsets from the box center
+    x, y = c[None, :], c[:, None]
+    if shape == "circle":
+        return x**2 + y**2 <= w**2
+    if shape == "square":
+        return np.ones((w, w), bool)
+    if shape == "triangle":  # apex at the top middle, base along the bottom edge
+        return 2 * np.abs(x) <= y + w
+    raise UserError(f"unknown shape {shape!r}")
 
 
 def render(scenes: Sequence[Sequence[Placement]], size: int = 32) -> np.ndarray:
-    """Rasterize placed scenes into uint8 images [n, size, size, 3] (exact, vectorized over the batch)."""
-    n, slots = len(scenes), max((len(s) for s in scenes), default=0)
-    images = np.zeros((n, size, size, 3), np.uint8)
-    grid = np.arange(size, dtype=np.int64)
-    for k in range(slots):
-        rows = np.array([i for i, s in enumerate(scenes) if len(s) > k], dtype=np.int64)
-        ps = [scenes[i][k] for i in rows]
-        w = np.floor(np.array([2 * p.r for p in ps]) + 0.5).astype(np.int64)
-        x0 = np.floor(np.array([p.cx for p in ps]) - w / 2 + 0.5).astype(np.int64)
-        y0 = np.floor(np.array([p.cy for p in ps]) - w / 2 + 0.5).astype(np.int64)
-        shape = np.array([_SHAPE_ID[p.obj.shape] for p in ps])[:, None, None]
-        color = np.array([COLORS[p.obj.color] for p in ps], np.uint8)
-        # doubled pixel-center coordinates inside the box: odd integers 1 .. 2w-1 when inside
-        px = (2 * (grid[None, :] - x0[:, None]) + 1)[:, None, :]
-        py = (2 * (grid[None, :] - y0[:, None]) + 1)[:, :, None]
-        w3 = w[:, None, None]
-        in_box = (px > 0) & (px < 2 * w3) & (py > 0) & (py < 2 * w3)
-        circle = (px - w3) ** 2 + (py - w3) ** 2 <= w3**2
-        triangle = 2 * np.abs(px - w3) <= py
-        mask = in_box & np.where(shape == 0, circle, np.where(shape == 1, True, triangle))
-        sub = images[rows]
-        sub[mask] = np.broadcast_to(color[:, None, None, :], sub.shape)[mask]
-        images[rows] = sub
+    """Rasterize placed scenes into uint8 images [n, size, size, 3]: solid fills, no anti-aliasing."""
+    images = np.zeros((len(scenes), size, size, 3), np.uint8)
+    for image, placements in zip(images, scenes):
+        for p in placements:
+            w = math.floor(2 * p.r + 0.5)
+            x0, y0 = math.floor(p.cx - w / 2 + 0.5), math.floor(p.cy - w / 2 + 0.5)
+            mask = stamp(p.obj.shape, w)[max(0, -y0) : size - y0, max(0, -x0) : size - x0]
+            image[max(0, y0) : y0 + w, max(0, x0) : x0 + w][mask] = COLORS[p.obj.color]
     return images
 
 
