@@ -1,0 +1,216 @@
+"""Image-caption pairs on disk in the web-scale convention (img2dataset / webdataset).
+
+A pair is `{key}.png` + `{key}.txt` (+ optional `{key}.json` metadata) with the files of one key next to each
+other, either in tar shards `00000.tar`, `00001.tar`, ... or in a plain folder. The key is a file name up to
+its first dot. Readers stream one pair at a time, so the same code reads the shapes world and real data.
+
+Images are read as uint8 RGB: grayscale is repeated to three channels, alpha is composited over black (the
+shapes-world background), 16-bit values v become round(v * 255 / 65535), palette and other modes go through
+Pillow's RGB conversion.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from magvlt.errors import UserError
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp")
+CAPTION_EXT = "txt"
+META_EXT = "json"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image-caption pair as read from disk."""
+
+    key: str
+    image: np.ndarray  # uint8 [H, W, 3]
+    caption: str
+    meta: dict | None
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _png(image: np.ndarray) -> bytes:
+    a = np.asarray(image)
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+        raise UserError(f"pairs are written from uint8 [H, W, 3] images, got {a.dtype} {list(a.shape)}")
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _files(key: str, image, caption: str, meta: dict | None) -> list[tuple[str, bytes]]:
+    files = [(f"{key}.png", _png(image)), (f"{key}.{CAPTION_EXT}", caption.encode())]
+    if meta is not None:
+        files.append((f"{key}.{META_EXT}", json.dumps(meta, sort_keys=True).encode()))
+    return files
+
+
+def _write_shard(path: Path, members: list[tuple[str, bytes]]) -> None:
+    """One tar shard, written beside its final name and renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    os.replace(tmp, path)
+
+
+def write_pairs(out_dir: str | Path, images: Iterable[np.ndarray], captions: Iterable[str], *,
+                shard_size: int = 10000, tar: bool = True, meta: Iterable[dict] | None = None) -> int:
+    """Write pairs with keys 000000000, 000000001, ... as tar shards of shard_size pairs (or a plain folder); returns the count."""
+    out = Path(out_dir)
+    if shard_size < 1:
+        raise UserError(f"shard_size must be positive, got {shard_size}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(_split_name(f.name)[1] in (*IMAGE_EXTS, CAPTION_EXT, "tar") for f in out.iterdir()):
+        raise UserError(f"{out} already holds pairs; write into an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    metas = iter(meta) if meta is not None else None
+    n, shard = 0, []
+    for image, caption in zip(images, captions, strict=True):
+        if "\n" in caption:
+            raise UserError(f"caption {n} holds a newline: {caption!r}")
+        files = _files(f"{n:09d}", image, caption, next(metas) if metas is not None else None)
+        n += 1
+        if not tar:
+            for name, data in files:
+                (out / name).write_bytes(data)
+            continue
+        shard += files
+        if n % shard_size == 0:
+            _write_shard(out / f"{n // shard_size - 1:05d}.tar", shard)
+            shard = []
+    if shard:
+        _write_shard(out / f"{n // shard_size:05d}.tar", shard)
+    return n
+
+
+# ---------------------------------------------------------------- reading
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Image file bytes -> uint8 RGB [H, W, 3] by the rule in the module docstring; UserError naming the file."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if im.mode in ("I", "I;16", "I;16B", "I;16L"):
+                a = np.asarray(im).astype(np.int64).clip(0, 65535)
+                a = ((a * 255 + 32767) // 65535).astype(np.uint8)
+            else:
+                has_alpha = "A" in im.getbands() or "transparency" in im.info
+                a = np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"cannot read image {name}: {e}") from None
+    if a.ndim == 2:
+        return np.repeat(a[..., None], 3, axis=-1)
+    if a.shape[-1] == 4:
+        alpha = a[..., 3:].astype(np.uint16)
+        return ((a[..., :3].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+    return np.ascontiguousarray(a)
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """'dir/000001.png' -> ('dir/000001', 'png'): the key ends at the first dot of the base name."""
+    head, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{head}/{stem}" if head else stem), ext.lower()
+
+
+def _pair(key: str, files: dict[str, tuple[str, bytes]]) -> Pair:
+    image = next((files[e] for e in IMAGE_EXTS if e in files), None)
+    if image is None or CAPTION_EXT not in files:
+        missing = "an image (" + "/".join(IMAGE_EXTS) + ")" if image is None else f"a .{CAPTION_EXT} caption"
+        where = next(iter(files.values()))[0]
+        raise UserError(f"pair {key!r} ({where}) has no {missing}")
+    name, data = files[CAPTION_EXT]
+    try:
+        caption = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise UserError(f"caption {name} is not UTF-8 text") from None
+    meta = None
+    if META_EXT in files:
+        name, data = files[META_EXT]
+        try:
+            meta = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read metadata {name}: {e}") from None
+    return Pair(key, decode_image(image[1], image[0]), caption, meta)
+
+
+def _group(members: Iterator[tuple[str, str, bytes]]) -> Iterator[Pair]:
+    """Consecutive (name, where, bytes) files sharing a key -> pairs (the webdataset grouping rule)."""
+    key, files = None, {}
+    for name, where, data in members:
+        k, ext = _split_name(name)
+        if k != key and files:
+            yield _pair(key, files)
+            files = {}
+        key = k
+        files[ext] = (where, data)
+    if files:
+        yield _pair(key, files)
+
+
+def _hidden(name: str) -> bool:
+    return name.rpartition("/")[2].startswith(".")
+
+
+def _tar_members(path: Path) -> Iterator[tuple[str, str, bytes]]:
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for info in tar:
+                if info.isfile() and not _hidden(info.name):
+                    yield info.name, f"{path}:{info.name}", tar.extractfile(info).read()
+    except (tarfile.TarError, OSError) as e:
+        raise UserError(f"cannot read tar shard {path}: {e}") from None
+
+
+def _folder_members(path: Path) -> Iterator[tuple[str, str, bytes]]:
+    for name in sorted(e.name for e in os.scandir(path) if e.is_file() and not _hidden(e.name)):
+        yield name, str(path / name), (path / name).read_bytes()
+
+
+def iter_pairs(path: str | Path) -> Iterator[Pair]:
+    """Stream the pairs of a folder of tar shards, a single .tar, or a plain folder of {key}.png + {key}.txt."""
+    path = Path(path)
+    if path.is_file():
+        if not tarfile.is_tarfile(path):
+            raise UserError(f"{path} is not a tar shard; give a .tar file or a folder of pairs")
+        yield from _group(_tar_members(path))
+        return
+    if not path.is_dir():
+        raise UserError(f"no pairs at {path}: not a folder or a tar file")
+    shards = sorted(path.glob("*.tar"))
+    if shards:
+        for shard in shards:
+            yield from _group(_tar_members(shard))
+    else:
+        yield from _group(_folder_members(path))
+
+
+def load_pairs(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """All pairs at path in memory: (images uint8 [n, H, W, 3], captions); for small sets of one image size."""
+    images, captions = [], []
+    for pair in iter_pairs(path):
+        if images and pair.image.shape != images[0].shape:
+            raise UserError(f"pair {pair.key} is {pair.image.shape[:2]}, the first was {images[0].shape[:2]}; "
+                            "load_pairs needs one image size")
+        images.append(pair.image)
+        captions.append(pair.caption)
+    if not images:
+        raise UserError(f"no pairs found at {path}")
+    return np.stack(images), captions
