@@ -11,10 +11,15 @@ x0 = floor(cx - w/2 + 1/2) (y0 likewise), and a pixel of that box is painted iff
 shape inscribed in the box (circle: inside the disc; triangle: apex at the top middle, base along the
 bottom edge), computed in exact integers (`stamp`). No anti-aliasing, solid fills, black background.
 
+Sampling: one or two objects with equal odds; one object stands at a uniform anchor, two at left/right or
+top/bottom with equal odds; size and color are uniform, the shape uniform among those the split allows for the
+color (so at bias 0 train's color and shape marginals are both uniform); the caption is a uniform choice
+among the scene's phrasings.
+
 Splits: `train` never holds the held-out (color, shape) pairs; `val` is drawn from the same distribution as
-`train` (same knobs) under a different split name, so its random draws never coincide with train's (its scenes
-can, since there are only 150 one-object and 1,800 two-object train scenes: val measures fresh renders of the
-training distribution); `novel` holds at least one held-out pair in every scene; `counter` holds only
+`train` (same knobs) under a different split name, so its samples are separate draws, never copies of
+train's (its scenes can recur, as train has only 150 one-object and 1,800 two-object scenes: val measures
+fresh renders of the training distribution); `novel` holds at least one held-out pair in every scene; `counter` holds only
 objects whose shape breaks the bias rule, using compositions seen in train (so it isolates the bias from
 compositional generalization). The bias knob applies to train and val only.
 """
