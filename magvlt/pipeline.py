@@ -115,7 +115,7 @@ class MAGVLT:
     # ---------------------------------------------------------------- inputs and outputs
 
     def _generator(self, seed: int) -> torch.Generator:
-        return torch.Generator().manual_seed(seed)  # a CPU generator: the same draws on any device
+        return torch.Generator(self.device).manual_seed(seed)  # on the model's device: no host round trip per draw
 
     def encode_text(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions -> (ids [B, L], lengths [B]) on the model's device; empty or too long -> UserError."""

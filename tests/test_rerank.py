@@ -66,3 +66,24 @@ def test_contrastive_model_learns_to_match_shapes_and_round_trips(tmp_path):
 def test_load_scorer_refuses_other_directories(tmp_path):
     with pytest.raises(UserError, match="clip train"):
         load_scorer(tmp_path)
+
+
+def test_cli_trains_and_scores(tmp_path, capsys):
+    from PIL import Image
+
+    from magvlt.cli import main
+    from magvlt.data.pairs import write_pairs
+
+    images, captions = render_split("train", 40, seed=0, size=16)
+    write_pairs(tmp_path / "pairs", images, captions)
+    CaptionBPE.train(captions, vocab_size=96, length=20).save(tmp_path / "text")
+    args = ["clip", "train", "--data", str(tmp_path / "pairs"), "--text", str(tmp_path / "text"), "--out",
+            str(tmp_path / "scorer"), "--steps", "2", "--batch-size", "8"]
+    assert main(args) == 0
+    assert "held-out" in capsys.readouterr().out
+    Image.fromarray(images[0]).save(tmp_path / "x.png")
+    assert main(["clip", "score", "--scorer", str(tmp_path / "scorer"), "--image", str(tmp_path / "x.png"),
+                 captions[0], captions[1]]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    assert main([*args[:3], str(tmp_path / "nothing"), *args[4:]]) == 2
+    assert "no pairs" in capsys.readouterr().err

@@ -10,7 +10,7 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="clip_command", required=True, metavar="ACTION")
 
     train = sub.add_parser("train", help="train the reranker with InfoNCE on image-caption pairs")
-    train.add_argument("--data", required=True, help="image-caption pairs (any source magvlt.data.pairs reads)")
+    train.add_argument("--data", type=Path, required=True, help="image-caption pairs: a folder of {key}.png + {key}.txt or tar shards")
     train.add_argument("--text", type=Path, required=True, help="text tokenizer directory (use the run's text/)")
     train.add_argument("--out", type=Path, required=True, help="output scorer directory")
     train.add_argument("--minutes", type=float, default=5.0, help="wall-time budget (default 5)")
@@ -29,25 +29,16 @@ def register(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from magvlt.data.pairs import iter_pairs
-    from magvlt.errors import UserError
+    from magvlt.data.pairs import load_pairs
     from magvlt.rerank import ContrastiveConfig
     from magvlt.text import load_text_tokenizer
     from magvlt.train.clip import train_clip
 
     tok = load_text_tokenizer(args.text)
-    items = list(iter_pairs(args.data))
-    if not items:
-        raise UserError(f"no image-caption pairs in {args.data}")
-    sizes = {np.asarray(item.image).shape for item in items}
-    if len(sizes) != 1:
-        raise UserError(f"every image must have one size to train the reranker, found {sorted(sizes)[:3]}")
-    images = np.stack([np.asarray(item.image, dtype=np.uint8) for item in items])
+    images, captions = load_pairs(args.data)
     cfg = ContrastiveConfig(image_size=args.image_size or images.shape[1])
-    metrics = train_clip(images, [item.caption for item in items], tok, args.out, minutes=args.minutes,
-                         steps=args.steps, batch_size=args.batch_size, lr=args.lr, cfg=cfg, seed=args.seed)
+    metrics = train_clip(images, captions, tok, args.out, minutes=args.minutes, steps=args.steps,
+                         batch_size=args.batch_size, lr=args.lr, cfg=cfg, seed=args.seed)
     print(f"reranker saved in {args.out}: {metrics['steps']} steps, held-out image-to-text top-1 "
           f"{metrics.get('heldout_i2t_top1', float('nan')):.3f} (batches of {metrics.get('heldout_batch', 0)})")
     return 0
