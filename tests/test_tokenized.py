@@ -7,11 +7,16 @@ import torch
 
 from magvlt.config import VQConfig
 from magvlt.data.tokenize import squeeze, tokenize_pairs
-from magvlt.data.tokenized import BatchStream, ShardWriter, TokenizedDataset, read_meta
+from magvlt.data.tokenized import BatchStream, ShardWriter, TokenizedDataset, derive_seed, read_meta
 from magvlt.errors import UserError
 from magvlt.text import CaptionBPE
 from magvlt.vq import VQGAN, save_vq
-from synthetic import write_synthetic
+from synthetic import COLORS, SHAPES, write_synthetic
+
+
+def test_derived_seeds_differ_by_purpose_and_arity():
+    seeds = [derive_seed("masks", 0, 5), derive_seed("masks", 0, 5, 0), derive_seed("task", 0, 5), derive_seed("masks", 0, 6)]
+    assert len(set(seeds)) == 4 and derive_seed("masks", 0, 5) == seeds[0] and 0 <= min(seeds) and max(seeds) < 2**63
 
 
 def test_shards_round_trip_in_any_order(tmp_path):
@@ -25,7 +30,7 @@ def test_shards_round_trip_in_any_order(tmp_path):
     assert captions == [all_captions[i] for i in idx]
     for key, value in rows.items():
         assert value.dtype == torch.long and torch.equal(value, all_rows[key][idx])
-    a, b = (int(c[1]) for c in captions[0].split())  # "a<i> b<j>" decide the codes and the ids
+    a, b = COLORS.index(captions[0].split()[1]), SHAPES.index(captions[0].split()[2])
     assert rows["image"][0, :8].tolist() == [a] * 8 and rows["text"][0, 1:3].tolist() == [a, 5 + b]
     assert rows["image_half_w"].shape == (6, 8) and rows["image_half_h"].shape == (6, 8)
 

@@ -1,6 +1,5 @@
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -19,10 +18,7 @@ from magvlt.errors import UserError
 from magvlt.model import Transformer
 from magvlt.train import loop, rundir
 from magvlt.train.loop import evaluate_masked_accuracy, lr_at, param_groups, train
-from synthetic import write_synthetic
-
-TESTS = Path(__file__).parent
-SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
+from synthetic import SUBPROCESS_ENV, write_synthetic
 
 
 def tiny_config(**kw) -> TrainConfig:
@@ -86,7 +82,7 @@ def test_training_learns_and_writes_the_run_directory(tmp_path):
 
 def _train_cli(data: Path, out: Path, *args: str) -> subprocess.Popen:
     overrides = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "batch_size=16", "lr=2e-3", "warmup_steps=4",
-                 "log_every=2", "ckpt_every=4", "bpe_dropout=0.0"]
+                 "log_every=2", "ckpt_every=4", "bpe_dropout=0.2"]
     cmd = [sys.executable, "-c", "import sys; from magvlt.cli import main; sys.exit(main())", "train", "--config", "tiny",
            "--data", str(data), "--out", str(out), "--no-progress", *args, *overrides]
     return subprocess.Popen(cmd, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -94,7 +90,7 @@ def _train_cli(data: Path, out: Path, *args: str) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_sigkilled_run_resumes_bitwise_equal(tmp_path):
-    data = write_synthetic(tmp_path / "data", n=64)
+    data = write_synthetic(tmp_path / "data", n=64, tokenizer_dir=tmp_path / "text")  # with BPE dropout
     full = _train_cli(data, tmp_path / "full", "--steps", "12")
     killed = _train_cli(data, tmp_path / "killed", "--steps", "12")
     while not (tmp_path / "killed" / "train_state.pt").exists() and killed.poll() is None:
@@ -112,6 +108,7 @@ def test_sigkilled_run_resumes_bitwise_equal(tmp_path):
     sa, sb = load_torch(tmp_path / "full" / "train_state.pt"), load_torch(tmp_path / "killed" / "train_state.pt")
     assert sa["data"] == sb["data"] and sa["step"] == sb["step"] == 12
     assert [r["step"] for r in rundir.read_metrics(tmp_path / "killed")] == list(range(2, 13, 2))
+    assert (tmp_path / "killed" / "text" / "text_tokenizer.json").is_file()  # the run carries its tokenizer
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -125,7 +122,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
             return loss * math.nan, {**metrics, "loss": math.nan}
         return loss, metrics
 
-    monkeypatch.setattr(loop.TrainingObjective, "forward", lambda self, batch, generator: poisoned(self.model, batch, self.cfg, generator))
+    monkeypatch.setattr(loop.TrainingObjective, "forward", lambda self, batch, generator, task: poisoned(self.model, batch, self.task_cfgs[task], generator))
     with pytest.raises(UserError, match=r"diverged at step 7: loss nan.*last good checkpoint \(step 4\)"):
         train(tiny_config(), data, tmp_path / "run", progress=False)
     assert load_torch(tmp_path / "run" / "train_state.pt")["step"] == 4

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import struct
+import zlib
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -30,9 +31,13 @@ FIELDS = ("image", "image_half_w", "image_half_h", "text", "length")
 _SAFETENSORS_DTYPES = {"I16": np.int16, "I32": np.int32, "I64": np.int64}
 
 
-def derive_seed(*keys: int) -> int:
-    """A well-mixed 63-bit seed from integer keys (run seed, step, micro-batch, ...)."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+def derive_seed(purpose: str, *keys: int) -> int:
+    """A well-mixed 63-bit seed for one use of randomness (`purpose`) from integer keys (run seed, step, ...).
+
+    The purpose and the number of keys are mixed in, so no two uses or arities share a seed.
+    """
+    words = [zlib.crc32(purpose.encode()), len(keys), *(int(k) for k in keys)]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def _token_dtype(vocab: int) -> type:
@@ -177,7 +182,7 @@ class BatchStream(Iterator[list[dict[str, torch.Tensor]]]):
         """The order of the whole data set in `epoch` (the same on every rank)."""
         if epoch != self._perm_epoch:
             self._perm_epoch = epoch
-            self._perm = np.random.default_rng(derive_seed(self.seed, epoch)).permutation(len(self.dataset))
+            self._perm = np.random.default_rng(derive_seed("permutation", self.seed, epoch)).permutation(len(self.dataset))
         return self._perm
 
     def __next__(self) -> list[dict[str, torch.Tensor]]:
@@ -191,7 +196,7 @@ class BatchStream(Iterator[list[dict[str, torch.Tensor]]]):
     def _micro_batch(self, indices: np.ndarray, k: int) -> dict[str, torch.Tensor]:
         rows, captions = self.dataset.rows(indices)
         if self.tokenizer is not None:
-            rng = random.Random(derive_seed(self.seed, self.epoch, self.position, k))
+            rng = random.Random(derive_seed("bpe-dropout", self.seed, self.epoch, self.position, k))
             rows["text"], rows["length"] = self.tokenizer.encode(captions, dropout=self.bpe_dropout, rng=rng)
         return rows
 

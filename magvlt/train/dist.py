@@ -23,6 +23,7 @@ class DistInfo:
     rank: int
     world_size: int
     device: torch.device
+    owns_group: bool = False  # init_distributed created the process group (so close_distributed ends it)
 
     @property
     def is_main(self) -> bool:
@@ -34,7 +35,7 @@ class DistInfo:
 
 
 def init_distributed() -> DistInfo:
-    """Join torchrun's process group (nccl on CUDA, gloo on CPU), or a single process without torchrun."""
+    """Join torchrun's process group (nccl on CUDA, gloo on CPU) unless the caller already has, or run alone."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
@@ -42,13 +43,15 @@ def init_distributed() -> DistInfo:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
+    create = world_size > 1 and not dist.is_initialized()
+    if create:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
-    return DistInfo(rank=int(os.environ.get("RANK", "0")), world_size=world_size, device=device)
+    return DistInfo(rank=int(os.environ.get("RANK", "0")), world_size=world_size, device=device, owns_group=create)
 
 
 def close_distributed(info: DistInfo) -> None:
-    if info.distributed and dist.is_initialized():
+    """End the process group if init_distributed created it."""
+    if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -1,10 +1,12 @@
 """The trainer (App. A): AdamW, warmup + cosine decay, clipping at norm 4, bf16 autocast, accumulation, torchrun.
 
-Randomness: each micro-batch k of step s draws its task and masks from a generator seeded with
-(seed, s, k), and its dropout from the global RNG re-seeded from (seed, s, k) inside `fork_rng`. Nothing
-random carries over from one step to the next, so a resumed run needs no saved RNG state to continue
-bit for bit, and the result does not depend on whether micro-batches run on several ranks or one after
-another on a single process (the global batch is cut into ranks x grad_accum micro-batches either way).
+Randomness: step s trains one task for its whole global batch (Sec. 3.5 samples the task per batch), drawn
+from (seed, s), so every rank runs the same forwards, as FSDP's collectives require. Micro-batch k of step
+s draws its masks from a generator seeded with (seed, s, k), and its dropout from the global RNG
+re-seeded from (seed, s, k) inside `fork_rng`. Nothing random carries over from one step to the next, so
+a resumed run needs no saved RNG state to continue bit for bit, and the result does not depend on
+whether micro-batches run on several ranks or one after another on a single process (the global batch is
+cut into ranks x grad_accum micro-batches either way).
 """
 from __future__ import annotations
 
@@ -23,11 +25,8 @@ from magvlt.config import ModelConfig, ObjectiveConfig, TrainConfig, load_json, 
 from magvlt.data.tokenized import BatchStream, TokenizedDataset, derive_seed
 from magvlt.errors import UserError
 from magvlt.model import Transformer
-from magvlt.objectives import TASKS, mask_task, predict_masked, training_loss
+from magvlt.objectives import TASKS, mask_task, predict_masked, sample_task, training_loss
 from magvlt.train import dist, rundir
-
-_DROPOUT_STREAM = 1  # seed key separating the dropout RNG from the objective's generator
-
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate of update `step` (0-based): linear warmup, then cosine decay to min_lr_ratio * lr."""
@@ -59,9 +58,15 @@ class TrainingObjective(nn.Module):
     def __init__(self, model: Transformer, cfg: ObjectiveConfig):
         super().__init__()
         self.model, self.cfg = model, cfg
+        self.task_cfgs = {t: dataclasses.replace(cfg, task_weights=tuple(float(t == u) for u in TASKS)) for t in TASKS}
 
-    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator):
-        return training_loss(self.model, batch, self.cfg, generator)
+    def sample_task(self, generator: torch.Generator) -> str:
+        """The task of one global batch from the configured weights (ARGVLT: T2I and I2T only)."""
+        weights = self.cfg.task_weights
+        return sample_task((*weights[:2], 0.0) if self.model.cfg.causal else weights, generator)
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator, task: str):
+        return training_loss(self.model, batch, self.task_cfgs[task], generator)
 
 
 def _check_config(cfg: TrainConfig, world_size: int) -> None:
@@ -80,14 +85,14 @@ def _resumed_config(cfg: TrainConfig, out: Path) -> None:
         raise UserError(f"cannot resume {out}: the model it holds differs from this data/config ({'; '.join(diff)})")
 
 
-class _Window:
-    """Means of the metrics over the steps since the last log line."""
+class _Means:
+    """Running means of metrics whose keys may come and go (accumulation steps, steps since the last log)."""
 
     def __init__(self):
-        self.sums, self.counts, self.steps, self.start = {}, {}, 0, time.monotonic()
+        self.sums, self.counts, self.n, self.start = {}, {}, 0, time.monotonic()
 
     def add(self, metrics: dict[str, float]) -> None:
-        self.steps += 1
+        self.n += 1
         for k, v in metrics.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
             self.counts[k] = self.counts.get(k, 0) + 1
@@ -121,13 +126,8 @@ def _say(info: dist.DistInfo, message: str) -> None:
         print(f"magvlt: {message}", file=sys.stderr)
 
 
-def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: bool, info: dist.DistInfo,
-           t0: float) -> Path:
-    dataset = TokenizedDataset(data_dir)
-    cfg.model, notes = fit_to_data(cfg.model, dataset.meta)
-    for note in notes:
-        _say(info, note)
-    _check_config(cfg, info.world_size)
+def _open_run(cfg: TrainConfig, out: Path, resume: bool, meta: dict, info: dist.DistInfo) -> None:
+    """Check that out/ can be resumed (same model) or started (no run there yet); start writes config and tokenizers."""
     if info.is_main:
         rundir.finish_commit(out)
     dist.barrier(info)
@@ -137,7 +137,15 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: 
         _resumed_config(cfg, out)
     elif rundir.has_checkpoint(out):
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another output directory")
+    elif info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_json(cfg, out / rundir.CONFIG)
+        rundir.copy_tokenizers(meta, out)
+        (out / rundir.METRICS).unlink(missing_ok=True)
 
+
+def _build(cfg: TrainConfig, info: dist.DistInfo) -> tuple[TrainingObjective, nn.Module, torch.optim.Optimizer]:
+    """The seeded transformer inside its objective, that wrapped for torchrun (DDP or FSDP2), and AdamW."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = Transformer(cfg.model)
@@ -147,20 +155,34 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: 
     wrapped = dist.wrap(objective, model.blocks, info, cfg.fsdp)
     optimizer = torch.optim.AdamW(param_groups(objective, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
                                   fused=info.device.type == "cuda")
+    return objective, wrapped, optimizer
 
+
+def _batch_stream(cfg: TrainConfig, dataset: TokenizedDataset, info: dist.DistInfo) -> BatchStream:
+    """This rank's micro-batches of each global batch, re-tokenized with BPE dropout when the data names its tokenizer."""
     tokenizer = None
-    if cfg.bpe_dropout > 0:
-        if dataset.meta.get("text_dir"):
-            from magvlt.text import load_text_tokenizer
+    if cfg.bpe_dropout > 0 and dataset.meta.get("text_dir"):
+        from magvlt.text import load_text_tokenizer
 
-            tokenizer = load_text_tokenizer(dataset.meta["text_dir"])
-        else:
-            _say(info, "BPE dropout is off: the data's meta.json names no text tokenizer")
+        tokenizer = load_text_tokenizer(dataset.meta["text_dir"])
+    elif cfg.bpe_dropout > 0:
+        _say(info, "BPE dropout is off: the data's meta.json names no text tokenizer")
     accum = cfg.grad_accum
-    micro_ids = list(range(info.rank * accum, (info.rank + 1) * accum))
-    stream = BatchStream(dataset, batch_size=cfg.batch_size, n_micro=info.world_size * accum, micro_ids=micro_ids,
-                         seed=cfg.seed, tokenizer=tokenizer, bpe_dropout=cfg.bpe_dropout)
+    return BatchStream(dataset, batch_size=cfg.batch_size, n_micro=info.world_size * accum, seed=cfg.seed,
+                       micro_ids=range(info.rank * accum, (info.rank + 1) * accum), tokenizer=tokenizer,
+                       bpe_dropout=cfg.bpe_dropout)
 
+
+def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: bool, info: dist.DistInfo,
+           t0: float) -> Path:
+    dataset = TokenizedDataset(data_dir)
+    cfg.model, notes = fit_to_data(cfg.model, dataset.meta)
+    for note in notes:
+        _say(info, note)
+    _check_config(cfg, info.world_size)
+    _open_run(cfg, out, resume, dataset.meta, info)
+    objective, wrapped, optimizer = _build(cfg, info)
+    stream = _batch_stream(cfg, dataset, info)
     step, elapsed_before = 0, 0.0
     if resume:
         weights, state = rundir.load_checkpoint(out)
@@ -170,13 +192,9 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: 
         if info.is_main:
             rundir.truncate_metrics(out, step)
         _say(info, f"resuming {out} at step {step}")
-    elif info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_json(cfg, out / rundir.CONFIG)
-        rundir.copy_tokenizers(dataset.meta, out)
-        (out / rundir.METRICS).unlink(missing_ok=True)
-    if info.is_main and step == 0:
-        _say(info, f"{model.num_params() / 1e6:.2f}M parameters, {len(dataset)} pairs, {info.world_size} rank(s) on {info.device}")
+    else:
+        _say(info, f"{objective.model.num_params() / 1e6:.2f}M parameters, {len(dataset)} pairs, "
+                   f"{info.world_size} rank(s) on {info.device}")
 
     def checkpoint() -> None:
         model_state, optim_state = dist.full_state(wrapped, optimizer, info)
@@ -189,7 +207,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: 
         dist.barrier(info)
 
     tokens_per_step = cfg.batch_size * (cfg.model.image_tokens + cfg.model.text_len + 2)
-    window, last_saved = _Window(), step
+    window, last_saved = _Means(), step
     wrapped.train()
     bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="train", disable=None if progress and info.is_main else True)
     try:
@@ -197,7 +215,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: 
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            metrics = _accumulate(wrapped, next(stream), step, micro_ids, cfg, info)
+            metrics = _accumulate(wrapped, objective, next(stream), step, stream.micro_ids, cfg, info)
             norm = nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
             norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             time_up = cfg.max_minutes > 0 and time.monotonic() - t0 > 60 * cfg.max_minutes
@@ -213,12 +231,12 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: 
             if step % cfg.log_every == 0 or step == cfg.steps or time_up:
                 seconds = time.monotonic() - window.start
                 record = {"step": step, **window.means(), "lr": lr,
-                          "tokens_per_s": tokens_per_step * window.steps / seconds,
+                          "tokens_per_s": tokens_per_step * window.n / seconds,
                           "elapsed": elapsed_before + time.monotonic() - t0}
                 if info.is_main:
                     rundir.append_metrics(out, record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                window = _Window()
+                window = _Means()
             if step % cfg.ckpt_every == 0 or step == cfg.steps or time_up:
                 checkpoint()
                 last_saved = step
@@ -230,28 +248,26 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: 
     return out
 
 
-def _accumulate(wrapped: nn.Module, micro_batches: list[dict[str, torch.Tensor]], step: int, micro_ids: list[int],
-                cfg: TrainConfig, info: dist.DistInfo) -> dict[str, float]:
+def _accumulate(wrapped: nn.Module, objective: TrainingObjective, micro_batches: list[dict[str, torch.Tensor]],
+                step: int, micro_ids: list[int], cfg: TrainConfig, info: dist.DistInfo) -> dict[str, float]:
     """Forward and backward over this rank's micro-batches; gradients averaged over the global batch.
 
-    Returns the metrics averaged over the micro-batches ("loss" is the mean loss; per-task terms are the means
-    over the micro-batches that sampled that task).
+    Returns the metrics averaged over the micro-batches ("loss" is the mean loss).
     """
-    sums, counts = {}, {}
+    means = _Means()
     devices = [info.device] if info.device.type == "cuda" else []
+    task = objective.sample_task(torch.Generator().manual_seed(derive_seed("task", cfg.seed, step)))
     for a, (k, batch) in enumerate(zip(micro_ids, micro_batches)):
         batch = {key: v.to(info.device, non_blocking=True) for key, v in batch.items()}
-        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, step, k))
+        generator = torch.Generator().manual_seed(derive_seed("masks", cfg.seed, step, k))
         with dist.gradient_sync(wrapped, a == len(micro_batches) - 1), torch.random.fork_rng(devices=devices):
-            torch.manual_seed(derive_seed(cfg.seed, step, k, _DROPOUT_STREAM))
+            torch.manual_seed(derive_seed("dropout", cfg.seed, step, k))
             with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss, metrics = wrapped(batch, generator)
+                loss, metrics = wrapped(batch, generator, task)
             (loss / len(micro_batches)).backward()
-        metrics.pop("task", None)
-        for key, v in metrics.items():
-            sums[key] = sums.get(key, 0.0) + v
-            counts[key] = counts.get(key, 0) + 1
-    return {key: sums[key] / counts[key] for key in sums}
+        metrics.pop("task")
+        means.add(metrics)
+    return means.means()
 
 
 def all_reduce_loss(loss: float, time_up: bool, info: dist.DistInfo) -> tuple[float, bool]:
