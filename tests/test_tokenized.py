@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from magvlt.cli import main as cli_main
 from magvlt.config import VQConfig
+from magvlt.data.pairs import write_pairs
 from magvlt.data.tokenize import squeeze, tokenize_pairs
 from magvlt.data.tokenized import BatchStream, ShardWriter, TokenizedDataset, derive_seed, read_meta
 from magvlt.errors import UserError
@@ -121,14 +123,23 @@ def test_squeeze_averages_pixel_pairs():
     assert squeeze(image, "h").shape == (1, 1, 4, 3) and squeeze(image, "h")[0, 0, 1].tolist() == [10, 20, 30]
 
 
-def test_tokenize_pairs_encodes_three_sizes_and_records_the_tokenizers(tmp_path):
+CAPTIONS = ["a red circle", "a blue square", "a green triangle"]
+
+
+@pytest.fixture
+def tokenizers(tmp_path):
+    """A random 16x16 -> 8x8 VQ-GAN of 32 codes and a caption BPE, saved in tmp_path/vq and tmp_path/text."""
     vq = VQGAN(VQConfig(resolution=16, ch=32, ch_mult=(1, 2), attn_resolutions=(), z_channels=8, embed_dim=8, n_embed=32)).eval()
     save_vq(vq, tmp_path / "vq")
-    captions = ["a red circle", "a blue square", "a green triangle"]
-    tok = CaptionBPE.train(captions, vocab_size=60, length=8)
+    tok = CaptionBPE.train(CAPTIONS, vocab_size=60, length=8)
     tok.save(tmp_path / "text")
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    return vq, tok
+
+
+def test_tokenize_pairs_encodes_three_sizes_and_records_the_tokenizers(tmp_path, tokenizers):
+    vq, tok = tokenizers
+    captions = CAPTIONS
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
     out = tokenize_pairs(images, captions, vq, tok, tmp_path / "data", vq_dir=tmp_path / "vq", text_dir=tmp_path / "text",
                          shard_size=2, batch_size=2, progress=False)
     ds = TokenizedDataset(out)
@@ -145,3 +156,16 @@ def test_tokenize_pairs_encodes_three_sizes_and_records_the_tokenizers(tmp_path)
     assert torch.equal(rows["text"], ids) and torch.equal(rows["length"], lengths)
     with pytest.raises(UserError, match="2 images but 3 captions"):
         tokenize_pairs(images[:2], captions, vq, tok, tmp_path / "x", vq_dir=None, text_dir=None, progress=False)
+
+
+def test_tokenize_cli_reads_pairs_from_disk(tmp_path, tokenizers, capsys):
+    vq, tok = tokenizers
+    images = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    write_pairs(tmp_path / "pairs", images, CAPTIONS, shard_size=2)
+    argv = ["tokenize", "--data", str(tmp_path / "pairs"), "--vq", str(tmp_path / "vq"), "--text", str(tmp_path / "text"),
+            "--out", str(tmp_path / "data"), "--shard-size", "2"]
+    assert cli_main(argv) == 0
+    rows, captions = TokenizedDataset(tmp_path / "data").rows(np.arange(3))
+    assert captions == CAPTIONS and torch.equal(rows["image"], vq.encode(images).flatten(1))
+    assert cli_main([*argv[:2], str(tmp_path / "none"), *argv[3:]]) == 2
+    assert "no pairs at" in capsys.readouterr().err

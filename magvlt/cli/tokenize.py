@@ -20,14 +20,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from magvlt.data.pairs import iter_pairs
-    from magvlt.data.tokenize import write_pairs
+    from magvlt.data.tokenize import write_tokenized
     from magvlt.text import load_text_tokenizer
     from magvlt.vq import load_vq
 
     vq = load_vq(args.vq, device="cuda" if torch.cuda.is_available() else "cpu")
     tok = load_text_tokenizer(args.text)
     pairs = ((item.image, item.caption) for item in iter_pairs(args.data))
-    out = write_pairs(pairs, vq, tok, args.out, vq_dir=args.vq, text_dir=args.text, shard_size=args.shard_size,
+    out = write_tokenized(pairs, vq, tok, args.out, vq_dir=args.vq, text_dir=args.text, shard_size=args.shard_size,
                       batch_size=args.batch_size)
     print(f"tokenized data written to {out}")
     return 0

@@ -33,7 +33,7 @@ def encode_images(vq, images: np.ndarray) -> dict[str, np.ndarray]:
     return {k: v.flatten(1).cpu().numpy() for k, v in codes.items()}
 
 
-def write_pairs(pairs: Iterable[tuple[np.ndarray, str]], vq, tok, out_dir: str | Path, *, vq_dir: str | Path | None,
+def write_tokenized(pairs: Iterable[tuple[np.ndarray, str]], vq, tok, out_dir: str | Path, *, vq_dir: str | Path | None,
                 text_dir: str | Path | None, total: int | None = None, shard_size: int = 4096, batch_size: int = 64,
                 progress: bool = True) -> Path:
     """Encode (image, caption) pairs with the VQ-GAN and the text tokenizer into shards in out_dir."""
@@ -69,5 +69,5 @@ def tokenize_pairs(images: np.ndarray | Sequence[np.ndarray], captions: Sequence
     """Tokenize in-memory images (uint8 [n, H, W, 3]) and their captions into shards; vq_dir/text_dir go to meta.json."""
     if len(images) != len(captions):
         raise UserError(f"{len(images)} images but {len(captions)} captions")
-    return write_pairs(zip(images, captions), vq, tok, out_dir, vq_dir=vq_dir, text_dir=text_dir, total=len(captions),
+    return write_tokenized(zip(images, captions), vq, tok, out_dir, vq_dir=vq_dir, text_dir=text_dir, total=len(captions),
                        shard_size=shard_size, batch_size=batch_size, progress=progress)
