@@ -145,21 +145,23 @@ class _Sequence:
         return h.view(self.groups, -1, *h.shape[1:])
 
 
-def _image_step(logits, image, masked, logp, keep_masked, noise_scale, temperature, vocab, generator):
-    """MaskGIT update: sample every masked token, then keep masked the keep_masked least confident of them."""
+def _predict(head, h, uncond, rows, guidance, temperature, generator):
+    """Sample a token at the `rows` positions [B, N] only (logits nowhere else): (tokens, log-probs), 0 elsewhere."""
+    logits = head(h[rows])
+    if uncond is not None:
+        logits = guided(logits, head(uncond[rows]), guidance)
     sampled = sample_logits(logits, temperature, generator)
-    token_logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+    return (torch.zeros(rows.shape, dtype=torch.long, device=rows.device).masked_scatter(rows, sampled),
+            torch.zeros(rows.shape, device=rows.device).masked_scatter(rows, logp))
+
+
+def _image_step(sampled, token_logp, image, masked, logp, keep_masked, noise_scale, vocab, generator):
+    """MaskGIT update: of the masked tokens just sampled, keep masked the keep_masked least confident."""
     confidence = token_logp + noise_scale * gumbel(token_logp.shape, generator, token_logp.device)
     remask = lowest_scores(confidence.masked_fill(~masked, float("inf")), keep_masked)  # unmasked stay fixed
     image = torch.where(masked, sampled, image).masked_fill(remask, vocab.MASK)
     return image, remask, torch.where(masked & ~remask, token_logp, logp)
-
-
-def _fill_text(logits, text, masked, logp, temperature, vocab, generator):
-    """Mask-Predict's prediction: every masked token is filled; a kept token keeps the log-prob it was chosen with."""
-    sampled = sample_logits(logits, temperature, generator)
-    token_logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
-    return torch.where(masked, vocab.text(sampled), text), torch.where(masked, token_logp, logp)
 
 
 def _resize_text(text, span, logp, length, vocab):
@@ -211,6 +213,7 @@ def refine(model: Transformer, image: torch.Tensor, text: torch.Tensor, *, steps
     vocab, device, generator = model.vocab, image.device, _rng(generator)
     condition = None if generate_image == generate_text else ("text" if generate_image else "image")
     seq = _Sequence(model, image, text, condition, guidance, repredict_length)
+    segs = seq.segs
 
     image_gen = image_masked = image == vocab.MASK
     keep_masked = masked_counts(step_ratios(steps, gamma_image, device), image_gen.sum(dim=1))
@@ -224,20 +227,18 @@ def refine(model: Transformer, image: torch.Tensor, text: torch.Tensor, *, steps
         h = seq.forward(model, image if generate_image else None, text if generate_text else None)
         uncond = h[1] if seq.guided else None
         if generate_image:
-            logits = model.image_logits(h[0, :, seq.segs.image])
-            if uncond is not None:
-                logits = guided(logits, model.image_logits(uncond[:, seq.segs.image]), guidance)
-            image, image_masked, image_logp = _image_step(
-                logits, image, image_masked, image_logp, keep_masked[t - 1], noise_scales[t - 1], temperature,
-                vocab, generator)
-        if generate_text:
-            logits = model.text_logits(h[0, :, seq.segs.text])
-            if uncond is not None:
-                logits = guided(logits, model.text_logits(uncond[:, seq.segs.text]), guidance)
-            text, text_logp = _fill_text(logits, text, text_masked, text_logp, text_temperature, vocab, generator)
+            sampled, token_logp = _predict(model.image_logits, h[0, :, segs.image], None if uncond is None else
+                                           uncond[:, segs.image], image_masked, guidance, temperature, generator)
+            image, image_masked, image_logp = _image_step(sampled, token_logp, image, image_masked, image_logp,
+                                                          keep_masked[t - 1], noise_scales[t - 1], vocab, generator)
+        if generate_text:  # Mask-Predict: fill every masked token; a kept token keeps the log-prob it was chosen with
+            sampled, token_logp = _predict(model.text_logits, h[0, :, segs.text], None if uncond is None else
+                                           uncond[:, segs.text], text_masked, guidance, text_temperature, generator)
+            text = torch.where(text_masked, vocab.text(sampled), text)
+            text_logp = torch.where(text_masked, token_logp, text_logp)
             grown = torch.zeros_like(span)
             if repredict_length and t < steps:
-                length = model.length_logits(h[-1, :, seq.segs.bot]).argmax(dim=-1) + 1
+                length = model.length_logits(h[-1, :, segs.bot]).argmax(dim=-1) + 1
                 text, span, text_logp, grown = _resize_text(text, span, text_logp, length, vocab)
             n_remask = torch.maximum(_ceil_div((steps - t) * span.sum(dim=1), steps), grown.sum(dim=1))
             text_masked = lowest_scores(text_logp.masked_fill(~span, float("inf")), n_remask)
