@@ -3,6 +3,10 @@
 A pair is `{key}.png` + `{key}.txt` (+ optional `{key}.json` metadata) with the files of one key next to each
 other, either in tar shards `00000.tar`, `00001.tar`, ... or in a plain folder. The key is a file name up to
 its first dot. Readers stream one pair at a time, so the same code reads the shapes world and real data.
+Shards are plain ustar archives that `webdataset.WebDataset(urls).decode("rgb8")` reads as they are; they are
+written and read with the standard library instead of that package, whose import brings torch and whose
+defaults split shards by DataLoader worker and refuse to run under torchrun without a node splitter. Shards are
+renamed into place when complete; a plain folder (for small sets and inspection) is written file by file.
 
 Images are read as uint8 RGB: grayscale is repeated to three channels, alpha is composited over black (the
 shapes-world background), 16-bit values v become round(v * 255 / 65535), palette and other modes go through

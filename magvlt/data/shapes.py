@@ -53,7 +53,7 @@ HALF_EXTENT = {"small": 0.09, "large": 0.17}  # fraction of S
 HELD_OUT = (("green", "triangle"), ("purple", "square"), ("yellow", "circle"))
 BIAS_RULE = {"red": "circle", "blue": "square", "white": "triangle", "green": "circle", "purple": "triangle", "yellow": "square"}
 SPLITS = ("train", "val", "novel", "counter")
-MIN_SIZE = 16
+MIN_SIZE = 16  # renders; the judge needs >= 24 px to tell a small circle, square and triangle apart
 
 _N_UNIFORMS = 18  # 4 per scene + 7 per object
 
