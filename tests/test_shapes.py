@@ -34,7 +34,8 @@ def test_render_split_shapes_and_palette():
         images, captions = render_split("train", 50, size=size)
         assert images.shape == (50, size, size, 3) and images.dtype == np.uint8 and len(captions) == 50
         packed = lambda rgb: (np.asarray(rgb, np.int64) * (1 << 16, 1 << 8, 1)).sum(-1)  # noqa: E731
-        assert set(np.unique(packed(images)).tolist()) <= set(packed([(0, 0, 0), *COLORS.values()]).tolist())
+        palette = set(packed([(0, 0, 0), *COLORS.values()]).tolist())
+        assert set(np.unique(packed(images)).tolist()) <= palette  # solid fills, no anti-aliasing
         assert (images[:, [0, -1]] == 0).all() and (images[:, :, [0, -1]] == 0).all()  # nothing touches the border
 
 
@@ -168,3 +169,4 @@ def test_cli_writes_shards_and_a_preview(tmp_path):
 def test_cli_bad_input_exits_2(tmp_path, bad, capsys):
     assert main(["data", "shapes", "--n", "3", "--out", str(tmp_path / "x"), *bad]) == 2
     assert "magvlt: error:" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # checked before anything is written

@@ -32,6 +32,7 @@ def register(subparsers) -> None:
 
 def run_shapes(args: argparse.Namespace) -> int:
     import itertools
+    import operator
 
     from tqdm import tqdm
 
@@ -51,10 +52,9 @@ def run_shapes(args: argparse.Namespace) -> int:
                                        "index": index, "bias": args.bias}
                 index += 1
 
-    bar = tqdm(samples(), total=args.n, desc=f"shapes {args.split}", unit="pair", disable=None)
-    images, captions, meta = (map(lambda sample, i=i: sample[i], stream) for i, stream in enumerate(itertools.tee(bar, 3)))
-    n = write_pairs(args.out, images, captions, shard_size=args.shard_size, tar=args.tar, meta=meta)
-    bar.close()
+    with tqdm(samples(), total=args.n, desc=f"shapes {args.split}", unit="pair", disable=None) as bar:
+        images, captions, meta = (map(operator.itemgetter(i), s) for i, s in enumerate(itertools.tee(bar, 3)))
+        n = write_pairs(args.out, images, captions, shard_size=args.shard_size, tar=args.tar, meta=meta)
     print(f"wrote {n} {args.split} pairs to {args.out}")
     if args.preview is not None:
         write_preview(args)
@@ -71,6 +71,7 @@ def write_preview(args: argparse.Namespace) -> None:
     images, captions = render_split(args.split, min(args.n, PREVIEW_COLUMNS * PREVIEW_ROWS), args.seed, args.size,
                                     args.bias, args.start)
     tiles = [Tile(image, caption) for image, caption in zip(images, captions)]
-    rows = {f"{args.split} #{args.start + lo}": tiles[lo : lo + PREVIEW_COLUMNS] for lo in range(0, len(tiles), PREVIEW_COLUMNS)}
+    rows = {f"{args.split} #{args.start + lo}": tiles[lo : lo + PREVIEW_COLUMNS]
+            for lo in range(0, len(tiles), PREVIEW_COLUMNS)}
     picture = grid(rows)
     atomic_write(args.preview, lambda tmp: picture.save(tmp, format="PNG"))

@@ -91,7 +91,8 @@ def _align(items: list[tuple[str | None, object]], refs: list[tuple[str | None, 
 def _report(result: dict, out: Path, what: str) -> None:
     from magvlt.checkpoint import atomic_write_text
 
-    cells = [f"exact {result['exact']:.2f}%"] + [f"{k} {result[k]:.2f}%" for k in ("size", "color", "shape", "position", "count")]
+    keys = ("exact", "size", "color", "shape", "position", "count")
+    cells = [f"{k} {result[k]:.2f}%" for k in keys]
     if "invalid" in result:
         cells.append(f"outside grammar {result['invalid']:.2f}%")
     print(f"judge {what} (n = {result['n']}): " + "  ".join(cells))

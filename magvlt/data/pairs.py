@@ -60,7 +60,8 @@ def encode_png(image: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits per sample, RGB, deflate, no interlace
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b"")
+    pixels = zlib.compress(rows.tobytes(), 6)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
 def _files(key: str, image, caption: str, meta: dict | None) -> list[tuple[str, bytes]]:
@@ -93,7 +94,8 @@ def _write_shard(path: Path, members: list[tuple[str, bytes]]) -> None:
 
 def write_pairs(out_dir: str | Path, images: Iterable[np.ndarray], captions: Iterable[str], *,
                 shard_size: int = 10000, tar: bool = True, meta: Iterable[dict] | None = None) -> int:
-    """Write pairs with keys 000000000, 000000001, ... as tar shards of shard_size pairs (or a plain folder); returns the count."""
+    """Write pairs keyed 000000000, 000000001, ... as tar shards of shard_size pairs, or as a plain folder;
+    returns the number written."""
     out = Path(out_dir)
     if shard_size < 1:
         raise UserError(f"shard_size must be positive, got {shard_size}")

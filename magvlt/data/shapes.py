@@ -51,7 +51,8 @@ ANCHOR_XY = {"left": (0.25, 0.5), "right": (0.75, 0.5), "top": (0.5, 0.25), "bot
 PAIR_LAYOUTS = (("left", "right"), ("top", "bottom"))
 HALF_EXTENT = {"small": 0.09, "large": 0.17}  # fraction of S
 HELD_OUT = (("green", "triangle"), ("purple", "square"), ("yellow", "circle"))
-BIAS_RULE = {"red": "circle", "blue": "square", "white": "triangle", "green": "circle", "purple": "triangle", "yellow": "square"}
+BIAS_RULE = {"red": "circle", "blue": "square", "white": "triangle",
+             "green": "circle", "purple": "triangle", "yellow": "square"}
 SPLITS = ("train", "val", "novel", "counter")
 MIN_SIZE = 16  # renders; the judge needs >= 24 px to tell a small circle, square and triangle apart
 
@@ -129,7 +130,8 @@ def _check(split: str, size: int, bias: float, seed: int) -> None:
 
 
 def _uniforms(split: str, seed: int, index: int) -> tuple[float, ...]:
-    """The sample's random numbers in [0, 1): little-endian uint32 words of SHAKE-256("shapes-world/v1/split/seed/index") / 2**32."""
+    """The sample's random numbers in [0, 1): the little-endian uint32 words of
+    SHAKE-256("shapes-world/v1/{split}/{seed}/{index}"), each divided by 2**32."""
     words = hashlib.shake_256(f"shapes-world/v1/{split}/{seed}/{index}".encode()).digest(4 * _N_UNIFORMS)
     return tuple(w * 2.0**-32 for w in struct.unpack(f"<{_N_UNIFORMS}I", words))
 
@@ -211,10 +213,14 @@ def sample(split: str, index: int, seed: int = 0, size: int = 32, bias: float = 
 
 def iter_split(split: str, n: int, seed: int = 0, size: int = 32, bias: float = 0.0, start: int = 0,
                chunk: int = 2048) -> Iterator[tuple[np.ndarray, list[str], list[Scene]]]:
-    """Samples start .. start+n-1 of a split in chunks of (images, captions, scenes)."""
+    """Samples start .. start+n-1 of a split in chunks of (images, captions, scenes); checks the knobs at once."""
     _check(split, size, bias, seed)
     if n < 0 or start < 0:
         raise UserError(f"n and start must be non-negative, got n={n}, start={start}")
+    return _chunks(split, n, seed, size, bias, start, chunk)
+
+
+def _chunks(split: str, n: int, seed: int, size: int, bias: float, start: int, chunk: int):
     for lo in range(start, start + n, chunk):
         drawn = [draw(split, i, seed, size, bias) for i in range(lo, min(lo + chunk, start + n))]
         yield render([d[0] for d in drawn], size), [d[1] for d in drawn], [frozenset(p.obj for p in d[0]) for d in drawn]

@@ -8,8 +8,9 @@ than MIN_AREA_FRACTION * S^2 pixels (about a quarter of the smallest drawable ob
 of the renderer's own stamps drawn at the object's width, the one whose outline overlaps the object best
 (bottom-aligned IoU); this is what the bounding-box fills (square 1.0, circle ~0.79, triangle ~0.5) and the
 outline (triangle: narrow top, full base) say. Size: the box side implied by the area and the shape's ideal
-fill, small below SIZE_SPLIT * S. Position: the anchor nearest to the centroid. On fresh renders from 24 px up it is
-exact (at 16 px a small object is 3 px wide and shapes blur into each other); it stays exact under a Gaussian blur of sigma 0.5 px plus +-15 noise.
+fill, small below SIZE_SPLIT * S. Position: the anchor nearest to the centroid. On fresh renders from 24 px up
+it is exact (at 16 px a small object is 3 px wide and shapes blur into each other), and it stays exact under a
+Gaussian blur of sigma 0.5 px plus +-15 noise.
 
 Scoring. A scene is correct when it equals the reference as a multiset of (size, color, shape, anchor).
 Per-attribute accuracy: the parsed objects are matched one-to-one to the reference objects so as to agree on as
