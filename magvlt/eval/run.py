@@ -6,6 +6,7 @@ Any object with the methods of `magvlt.pipeline.MAGVLT` (generate_images, captio
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from magvlt.checkpoint import atomic_write_text
 from magvlt.errors import UserError
-from magvlt.eval.metrics import INCEPTION_SCORE_UNAVAILABLE, FID, CaptionMetrics, as_uint8, clip_score
+from magvlt.eval.metrics import INCEPTION_SCORE_UNAVAILABLE, FID, CaptionMetrics, as_uint8, clip_score, coco_references
 
 TASKS = ("t2i", "i2t", "inpaint", "infill")
 TEXT_TASKS = ("i2t", "infill")
@@ -58,13 +59,44 @@ def shapes_data(spec: str, n: int, size: int) -> EvalData:
     return EvalData(f"shapes:{parts[1]}:{n}", np.concatenate(images), captions, references, shapes=True)
 
 
+def pairs_data(path: str | Path, n: int, image_size: tuple[int, int], references: Path | None = None) -> EvalData:
+    """The first n pairs of a folder / tar shards, fitted to the model's image size. References: the COCO-format
+    file's captions for the pair's image_id (its metadata's, else its numeric key); else, when every caption is
+    a shapes-world caption, all phrasings of its scene (and the judge applies); else the pair's own caption."""
+    from magvlt.data.pairs import iter_pairs
+    from magvlt.data.shapes import phrasings
+    from magvlt.eval.judge import parse_caption
+    from magvlt.pipeline import fit_image
+
+    pairs = list(itertools.islice(iter_pairs(path), n))
+    if not pairs:
+        raise UserError(f"no pairs found at {path}")
+    images = np.stack([fit_image(p.image, image_size)[0] for p in pairs])
+    captions = [p.caption for p in pairs]
+    scenes = [parse_caption(c) for c in captions]
+    shapes = all(s is not None for s in scenes)
+    if references is not None:
+        coco = coco_references(references)
+        refs = []
+        for p in pairs:
+            image_id = (p.meta or {}).get("image_id", p.key.rpartition("/")[2])
+            if not str(image_id).isdigit() or int(image_id) not in coco:
+                raise UserError(f"{references} has no captions for pair {p.key} (image_id {image_id})")
+            refs.append(coco[int(image_id)])
+    else:
+        refs = [phrasings(s) for s in scenes] if shapes else [[c] for c in captions]
+    return EvalData(f"{path}:{len(pairs)}", images, captions, refs, shapes)
+
+
 def load_data(spec: str | Path, n: int, image_size: tuple[int, int], references: Path | None = None) -> EvalData:
-    """A shapes split spec, or a folder / shards of image-caption pairs (references: a COCO-format caption file)."""
+    """`shapes:SPLIT[:N]`, or a folder / tar shards of image-caption pairs (see pairs_data)."""
     if str(spec).startswith("shapes:"):
         if image_size[0] != image_size[1]:
             raise UserError(f"shapes-world images are square; this model makes {image_size[0]}x{image_size[1]}")
+        if references is not None:
+            raise UserError("--references is for pairs on disk; a shapes split's references are its phrasings")
         return shapes_data(str(spec), n, image_size[0])
-    raise UserError(f"cannot read evaluation data {spec!r}")
+    return pairs_data(spec, n, image_size, references)
 
 
 def _chunks(n: int, size: int, desc: str):
