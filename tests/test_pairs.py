@@ -91,6 +91,10 @@ def test_bad_files_are_user_errors_naming_the_file(tmp_path, data):
         list(iter_pairs(tmp_path / "missing"))
     with pytest.raises(UserError, match="already holds pairs"):
         write_pairs(tmp_path / "a", images[:1], captions[:1])
+    with pytest.raises(UserError, match="differ in number"):
+        write_pairs(tmp_path / "c", images[:3], captions[:2])
+    with pytest.raises(UserError, match="meta differ"):
+        write_pairs(tmp_path / "d", images[:3], captions[:3], meta=[{}])
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no pairs found"):
         load_pairs(tmp_path / "empty")

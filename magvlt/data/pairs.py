@@ -15,6 +15,7 @@ Pillow's RGB conversion.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import struct
@@ -32,6 +33,7 @@ from magvlt.errors import UserError
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp")
 CAPTION_EXT = "txt"
 META_EXT = "json"
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -104,12 +106,16 @@ def write_pairs(out_dir: str | Path, images: Iterable[np.ndarray], captions: Ite
     if out.is_dir() and any(_split_name(f.name)[1] in (*IMAGE_EXTS, CAPTION_EXT, "tar") for f in out.iterdir()):
         raise UserError(f"{out} already holds pairs; write into an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
-    metas = iter(meta) if meta is not None else None
+    streams = (images, captions) if meta is None else (images, captions, meta)
     n, shard = 0, []
-    for image, caption in zip(images, captions, strict=True):
+    for row in itertools.zip_longest(*streams, fillvalue=_MISSING):
+        if any(x is _MISSING for x in row):
+            what = "images and captions" if meta is None else "images, captions and meta"
+            raise UserError(f"{what} differ in number (pair {n} is missing something)")
+        image, caption, *extra = row
         if "\n" in caption:
             raise UserError(f"caption {n} holds a newline: {caption!r}")
-        files = _files(f"{n:09d}", image, caption, next(metas) if metas is not None else None)
+        files = _files(f"{n:09d}", image, caption, extra[0] if extra else None)
         n += 1
         if not tar:
             for name, data in files:

@@ -86,6 +86,7 @@ class Placement:
 
 
 def describe(obj: Obj) -> str:
+    """`{size} {color} {shape}`, an object as every caption names it."""
     return f"{obj.size} {obj.color} {obj.shape}"
 
 
@@ -111,7 +112,7 @@ def scene_to_json(scene: Scene) -> list[dict]:
 def scene_from_json(objs: Sequence[dict]) -> Scene:
     try:
         return frozenset(Obj(o["size"], o["color"], o["shape"], o["anchor"]) for o in objs)
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError):
         raise UserError(f"not a scene (list of {{size, color, shape, anchor}}): {objs!r}") from None
 
 

@@ -185,11 +185,14 @@ def _score(references: Sequence[Sequence[Obj]], found: Sequence[Sequence[Obj] | 
     exact = sum(f is not None and sorted(f) == sorted(r) for r, f in zip(references, found))
     count = sum(f is not None and len(f) == len(r) for r, f in zip(references, found))
     agree = [a for r, f in zip(references, found) for a in match(r, f or [])]
-    pct = lambda k, total: 100.0 * k / total if total else 0.0
-    out = {"n": n, "exact": pct(exact, n)}
-    out.update({name: pct(sum(a[i] for a in agree), len(agree)) for i, name in enumerate(ATTRIBUTES)})
-    out.update(count=pct(count, n), n_exact=exact, n_objects=len(agree))
+    out = {"n": n, "exact": _percent(exact, n)}
+    out.update({name: _percent(sum(a[i] for a in agree), len(agree)) for i, name in enumerate(ATTRIBUTES)})
+    out.update(count=_percent(count, n), n_exact=exact, n_objects=len(agree))
     return out
+
+
+def _percent(k: int, total: int) -> float:
+    return 100.0 * k / total if total else 0.0
 
 
 def _caption_scene(caption: str, what: str) -> Scene:
@@ -231,5 +234,5 @@ def judge_captions(captions: Sequence[str], references: Sequence) -> dict:
     found = [parse_caption(c) for c in captions]
     out = _score(refs, found)
     invalid = sum(f is None for f in found)
-    out.update(invalid=100.0 * invalid / len(found) if found else 0.0, n_invalid=invalid)
+    out.update(invalid=_percent(invalid, len(found)), n_invalid=invalid)
     return out
