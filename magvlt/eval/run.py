@@ -18,8 +18,12 @@ import torch
 from tqdm import tqdm
 
 from magvlt.checkpoint import atomic_write_text
+from magvlt.data.pairs import iter_pairs
+from magvlt.data.shapes import iter_split, phrasings
 from magvlt.errors import UserError
+from magvlt.eval.judge import judge_captions, judge_images, parse_caption
 from magvlt.eval.metrics import INCEPTION_SCORE_UNAVAILABLE, FID, CaptionMetrics, as_uint8, clip_score, coco_references
+from magvlt.pipeline import fit_image
 
 TASKS = ("t2i", "i2t", "inpaint", "infill")
 TEXT_TASKS = ("i2t", "infill")
@@ -42,8 +46,6 @@ class EvalData:
 def shapes_data(spec: str, n: int, size: int) -> EvalData:
     """`shapes:SPLIT[:N]`: the first N (default n) samples of a shapes-world split at the model's image size;
     the references of a scene are all its valid phrasings."""
-    from magvlt.data.shapes import iter_split, phrasings
-
     parts = spec.split(":")
     if len(parts) not in (2, 3) or parts[0] != "shapes":
         raise UserError(f"bad data spec {spec!r}: use shapes:SPLIT or shapes:SPLIT:N (e.g. shapes:val:500)")
@@ -63,11 +65,6 @@ def pairs_data(path: str | Path, n: int, image_size: tuple[int, int], references
     """The first n pairs of a folder / tar shards, fitted to the model's image size. References: the COCO-format
     file's captions for the pair's image_id (its metadata's, else its numeric key); else, when every caption is
     a shapes-world caption, all phrasings of its scene (and the judge applies); else the pair's own caption."""
-    from magvlt.data.pairs import iter_pairs
-    from magvlt.data.shapes import phrasings
-    from magvlt.eval.judge import parse_caption
-    from magvlt.pipeline import fit_image
-
     pairs = list(itertools.islice(iter_pairs(path), n))
     if not pairs:
         raise UserError(f"no pairs found at {path}")
@@ -103,18 +100,6 @@ def _chunks(n: int, size: int, desc: str):
     return tqdm([slice(lo, min(n, lo + size)) for lo in range(0, n, size)], desc=desc, leave=False, disable=None)
 
 
-def _judge_images(images: np.ndarray, captions: list[str]) -> dict:
-    from magvlt.eval.judge import judge_images
-
-    return judge_images(images, captions)
-
-
-def _judge_captions(captions: list[str], references: list[str]) -> dict:
-    from magvlt.eval.judge import judge_captions
-
-    return judge_captions(captions, references)
-
-
 class _Run:
     """One evaluation: the pipeline, the data, the shared metric objects and the per-task sampling options."""
 
@@ -123,12 +108,14 @@ class _Run:
         self.pipeline, self.data, self.k, self.scorer, self.seed = pipeline, data, candidates, scorer, seed
         self.chunk = max(1, batch_size // candidates)
         self.options, self.captions, self.fid = options, captions, fid
+        self.generate_seconds: dict[str, float] = {}
 
     def _generate(self, task: str, call) -> list:
-        """call(slice, **kwargs) over chunks of the data, seeded per chunk so any chunk size gives one stream."""
-        out = []
+        """call(slice, **kwargs) over chunks of the data, each chunk seeded with seed + its index; timed."""
+        out, start = [], time.perf_counter()
         for i, sl in enumerate(_chunks(len(self.data.captions), self.chunk, task)):
             out += call(sl, candidates=self.k, seed=self.seed + i, **self.options.get(task, {}))
+        self.generate_seconds[task] = round(time.perf_counter() - start, 2)
         return out
 
     def _image_metrics(self, images: np.ndarray) -> dict:
@@ -140,13 +127,13 @@ class _Run:
             sims = [self.scorer.score(images[sl], d.captions[sl]) for sl in _chunks(len(images), self.chunk, "clip")]
             out["clip_score"] = clip_score(torch.cat(sims))
         if d.shapes:
-            out["judge"] = _judge_images(images, d.captions)
+            out["judge"] = judge_images(images, d.captions)
         return out
 
     def _text_metrics(self, captions: list[str]) -> dict:
         out = self.captions(captions, self.data.references)
         if self.data.shapes:
-            out["judge"] = _judge_captions(captions, self.data.captions)
+            out["judge"] = judge_captions(captions, self.data.captions)
         return out
 
     def t2i(self) -> dict:
@@ -205,7 +192,8 @@ def evaluate(pipeline, data: str | Path | EvalData, tasks: Sequence[str] = TASKS
                 options[t].setdefault("temperature", 1.0)
     own_captions = caption_metrics is None and any(t in TEXT_TASKS for t in tasks)
     captions = CaptionMetrics() if own_captions else caption_metrics
-    fid = fid if fid is not None or not {"t2i", "inpaint"} & set(tasks) else FID.inception(device=getattr(pipeline, "device", None))
+    if fid is None and {"t2i", "inpaint"} & set(tasks):
+        fid = FID.inception(device=getattr(pipeline, "device", None))
     run = _Run(pipeline, data, rerank_candidates, scorer, seed, batch_size, options, captions, fid)
     results = {
         "data": data.name, "n": len(data.captions), "seed": seed,
@@ -218,7 +206,8 @@ def evaluate(pipeline, data: str | Path | EvalData, tasks: Sequence[str] = TASKS
         for task in tqdm(tasks, desc="evaluate", disable=None):
             start = time.perf_counter()
             results[task] = getattr(run, task)()
-            results[task]["seconds"] = round(time.perf_counter() - start, 2)
+            results[task].update(generate_seconds=run.generate_seconds[task],
+                                 seconds=round(time.perf_counter() - start, 2))
     finally:
         if own_captions:
             captions.close()
@@ -229,9 +218,9 @@ def evaluate(pipeline, data: str | Path | EvalData, tasks: Sequence[str] = TASKS
 
 JUDGE_COLUMNS = (("exact", "judge exact"), ("size", "size"), ("color", "color"), ("shape", "shape"),
                  ("position", "position"))
-IMAGE_COLUMNS = (("fid", "FID"), ("clip_score", "CLIP score"), ("seconds", "time (s)"))
+IMAGE_COLUMNS = (("fid", "FID"), ("clip_score", "CLIP score"), ("generate_seconds", "generation (s)"))
 TEXT_COLUMNS = (("bleu4", "BLEU-4"), ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"), ("cider", "CIDEr"),
-                ("spice", "SPICE"), ("seconds", "time (s)"))
+                ("spice", "SPICE"), ("generate_seconds", "generation (s)"))
 
 
 def _cell(value) -> str:
@@ -273,6 +262,8 @@ def markdown(results: dict) -> str:
         notes.append(f"FID features: {results['fid_features']}.")
     if text_tasks:
         notes.append("Caption metrics: pycocoevalcap after PTB tokenization, x100 as in the paper.")
+    if rerank["by"] == "contrastive scorer" and any(results[t].get("clip_score") is not None for t in image_tasks):
+        notes.append("The CLIP score uses the contrastive model that reranked, so reranking raises it by construction.")
     for key, name in (("inception_score", "Inception Score"), ("clip_score", "CLIP score"), ("spice", "SPICE")):
         reasons = {results[t][f"{key}_unavailable"] for t in image_tasks + text_tasks if f"{key}_unavailable" in results[t]}
         notes += [f"{name} unavailable: {reason}." for reason in sorted(reasons)]
