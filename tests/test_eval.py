@@ -115,8 +115,8 @@ def test_a_wrong_pipeline_scores_low(data, captions):
 
 def test_reranking_asks_for_candidates_and_samples_text(data, captions):
     oracle = Oracle(data)
-    evaluate(oracle, data, ("t2i", "i2t"), n=4, rerank_candidates=3, caption_metrics=captions,
-             fid=mean_color_fid())
+    out = evaluate(oracle, data, ("t2i", "i2t"), n=4, rerank_candidates=3, caption_metrics=captions, fid=None)
+    assert out["t2i"]["fid"] is None and out["t2i"]["fid_unavailable"] and out["fid_features"] is None
     kwargs = {task: kw for task, _, kw in oracle.calls}
     assert kwargs["t2i"]["candidates"] == 3 and "temperature" not in kwargs["t2i"]
     assert kwargs["i2t"] == {"candidates": 3, "seed": 0, "temperature": 1.0}

@@ -42,7 +42,8 @@ def cider_d(candidates, references, n=4, sigma=6.0):
 REFS = [
     ["a small red circle on the left"],
     ["a large blue square above a small white triangle", "a small white triangle below a large blue square"],
-    ["a large green square to the left of a small red circle", "a small red circle to the right of a large green square"],
+    ["a large green square to the left of a small red circle",
+     "a small red circle to the right of a large green square"],
 ]
 
 

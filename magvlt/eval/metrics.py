@@ -226,7 +226,8 @@ class FID:
             feats = []
             with torch.inference_mode():
                 for lo in tqdm(range(0, len(images), self.batch_size), desc="fid features", leave=False, disable=None):
-                    feats.append(self.extract(torch.from_numpy(images[lo : lo + self.batch_size])).double().cpu().numpy())
+                    batch = torch.from_numpy(images[lo : lo + self.batch_size])
+                    feats.append(self.extract(batch).double().cpu().numpy())
             self._memo[key] = np.concatenate(feats)
         return self._memo[key]
 

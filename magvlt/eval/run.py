@@ -120,7 +120,10 @@ class _Run:
 
     def _image_metrics(self, images: np.ndarray) -> dict:
         d = self.data
-        out = {"fid": self.fid(images, d.images)}
+        if self.fid is None:
+            out = {"fid": None, "fid_unavailable": "not requested"}
+        else:
+            out = {"fid": self.fid(images, d.images)}
         if self.scorer is None:
             out.update(clip_score=None, clip_score_unavailable="no contrastive scorer given")
         else:
@@ -154,13 +157,14 @@ class _Run:
 
     def infill(self) -> dict:
         d, p = self.data, self.pipeline
-        return self._text_metrics(self._generate("infill", lambda sl, **kw: p.infill(d.captions[sl], d.images[sl], **kw)))
+        captions = self._generate("infill", lambda sl, **kw: p.infill(d.captions[sl], d.images[sl], **kw))
+        return self._text_metrics(captions)
 
 
 def evaluate(pipeline, data: str | Path | EvalData, tasks: Sequence[str] = TASKS, *, n: int = 500,
              rerank_candidates: int = 1, scorer=None, seed: int = 0, batch_size: int = 32,
              options: dict[str, dict] | None = None, caption_metrics: CaptionMetrics | None = None,
-             fid: FID | None = None, references: Path | None = None) -> dict:
+             fid: FID | str | None = "inception", references: Path | None = None) -> dict:
     """Run the tasks on the first n pairs of `data` and measure them (Sec. 4.2-4.3).
 
     t2i: images from captions -> FID vs the real images, CLIP score, judge. i2t: captions of the images ->
@@ -170,15 +174,16 @@ def evaluate(pipeline, data: str | Path | EvalData, tasks: Sequence[str] = TASKS
     rerank_candidates > 1 samples that many candidates per input and keeps the pipeline's best (by its scorer,
     Sec. 4.2-4.3); text tasks then sample at temperature 1 unless `options` says otherwise, since greedy
     decoding would give identical candidates. `scorer` (default: the pipeline's) gives the CLIP score.
-    `caption_metrics` and `fid` may be passed in to reuse a METEOR process and memoized real-image features
-    across evaluations.
+    fid: "inception" (FID.inception on the pipeline's device), an FID object (pass one to reuse its memoized
+    real-image features across evaluations), or None to skip FID (it costs ~0.2 CPU-seconds per image).
+    `caption_metrics` may be passed in likewise to reuse one METEOR process (~12 CPU-seconds to start).
     """
     tasks = tuple(tasks)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise UserError(f"unknown task(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(TASKS)}")
     if n < 2 or rerank_candidates < 1 or batch_size < 1:
-        raise UserError(f"need n >= 2, candidates >= 1 and batch size >= 1 (got {n}, {rerank_candidates}, {batch_size})")
+        raise UserError(f"need n >= 2, candidates >= 1 and batch size >= 1, got {n}, {rerank_candidates}, {batch_size}")
     if not isinstance(data, EvalData):
         data = load_data(data, n, tuple(pipeline.image_size), references)
     data = data.head(n)
@@ -192,14 +197,15 @@ def evaluate(pipeline, data: str | Path | EvalData, tasks: Sequence[str] = TASKS
                 options[t].setdefault("temperature", 1.0)
     own_captions = caption_metrics is None and any(t in TEXT_TASKS for t in tasks)
     captions = CaptionMetrics() if own_captions else caption_metrics
-    if fid is None and {"t2i", "inpaint"} & set(tasks):
-        fid = FID.inception(device=getattr(pipeline, "device", None))
+    if fid == "inception":
+        fid = FID.inception(device=getattr(pipeline, "device", None)) if {"t2i", "inpaint"} & set(tasks) else None
+    elif fid is not None and not isinstance(fid, FID):
+        raise UserError(f"fid must be 'inception', an FID object or None, got {fid!r}")
     run = _Run(pipeline, data, rerank_candidates, scorer, seed, batch_size, options, captions, fid)
+    by = "contrastive scorer" if getattr(pipeline, "scorer", None) is not None else "model log-probability"
     results = {
         "data": data.name, "n": len(data.captions), "seed": seed,
-        "rerank": {"candidates": rerank_candidates,
-                   "by": None if rerank_candidates == 1 else
-                   ("contrastive scorer" if getattr(pipeline, "scorer", None) is not None else "model log-probability")},
+        "rerank": {"candidates": rerank_candidates, "by": None if rerank_candidates == 1 else by},
         "fid_features": None if fid is None else fid.name,
     }
     try:
@@ -264,8 +270,9 @@ def markdown(results: dict) -> str:
         notes.append("Caption metrics: pycocoevalcap after PTB tokenization, x100 as in the paper.")
     if rerank["by"] == "contrastive scorer" and any(results[t].get("clip_score") is not None for t in image_tasks):
         notes.append("The CLIP score uses the contrastive model that reranked, so reranking raises it by construction.")
-    for key, name in (("inception_score", "Inception Score"), ("clip_score", "CLIP score"), ("spice", "SPICE")):
-        reasons = {results[t][f"{key}_unavailable"] for t in image_tasks + text_tasks if f"{key}_unavailable" in results[t]}
+    for key, name in (("fid", "FID"), ("inception_score", "Inception Score"), ("clip_score", "CLIP score"),
+                      ("spice", "SPICE")):
+        reasons = {results[t].get(f"{key}_unavailable") for t in image_tasks + text_tasks} - {None}
         notes += [f"{name} unavailable: {reason}." for reason in sorted(reasons)]
     lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
