@@ -58,7 +58,7 @@ def close_distributed(info: DistInfo) -> None:
 def wrap(module: nn.Module, blocks: nn.ModuleList, info: DistInfo, fsdp: bool) -> nn.Module:
     """DDP, or FSDP2 `fully_shard` per block then the root, under torchrun; the module itself otherwise.
 
-    DDP looks for unused parameters because the task (and so which heads run) is sampled per micro-batch.
+    DDP looks for unused parameters because a task may leave some unused (T2I never reaches the length head).
     """
     if not info.distributed:
         return module
@@ -107,7 +107,7 @@ def load_full_state(model: nn.Module, module: nn.Module, optimizer: torch.optim.
     """Load what full_state returned into `model` (`module`, possibly wrapped or sharded) and its optimizer.
 
     Parameters that had no optimizer state when saved (no gradient yet: a head no sampled task used) get
-    none now either; the loader would otherwise initialise it with a zero step and shift their Adam step count.
+    none now either; the loader initialises their state with a dummy step, which would shift their Adam step count.
     """
     set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True))
     set_optimizer_state_dict(model, optimizer, optim_state, options=StateDictOptions(full_state_dict=True, strict=False))

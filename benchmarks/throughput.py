@@ -1,0 +1,126 @@
+"""Training throughput of the tiny preset: tokens/s of a full step and its fraction of the bf16 matmul peak.
+
+A step is what `magvlt.train.loop` runs: the MAGVLT objective (forward, backward), gradient clipping and
+AdamW, on random tokens of the preset's shapes. Tokens per step = batch x (N_I + L + 2) input tokens; the
+objective's extra forwards (length query, UnrollMask, MixSel) are not counted as tokens but are counted
+as FLOPs (torch.utils.flop_counter on one step per task). The peak is the median rate of a large bf16
+matmul measured in the same run. Each cell is the median over timed steps after warm-up; the task of each
+step is drawn from the configured weights (8:1:1), so the median is a T2I step.
+
+    python benchmarks/throughput.py              # tiny preset as the demo trains it: 256-token caption BPE, L = 32
+    python benchmarks/throughput.py --steps 3 text_vocab=49408 text_len=64   # with CLIP's text vocabulary
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from magvlt.config import TRAIN_PRESETS, ObjectiveConfig, apply_overrides, preset
+from magvlt.model import Transformer
+from magvlt.objectives import TASKS
+from magvlt.train.loop import TrainingObjective, param_groups
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Median FLOP/s of an n x n x n matmul."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
+
+
+def random_batch(model_cfg, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random codes and captions of the model's shapes (lengths spread over 4..L)."""
+    h, w = model_cfg.image_grid
+
+    def codes(n: int) -> torch.Tensor:
+        return torch.randint(0, model_cfg.image_vocab, (batch, n), generator=generator)
+
+    return {"image": codes(h * w), "image_half_w": codes(h * (w // 2)), "image_half_h": codes((h // 2) * w),
+            "text": torch.randint(0, model_cfg.text_vocab, (batch, model_cfg.text_len), generator=generator),
+            "length": torch.randint(4, model_cfg.text_len + 1, (batch,), generator=generator)}
+
+
+class Step:
+    """One training step of the trainer's objective, clipping and AdamW on a fixed random batch."""
+
+    def __init__(self, model_cfg, objective_cfg: ObjectiveConfig, batch: int, bf16: bool):
+        torch.manual_seed(0)
+        self.objective = TrainingObjective(Transformer(model_cfg), objective_cfg)
+        self.optimizer = torch.optim.AdamW(param_groups(self.objective, 0.01), lr=1e-4)
+        self.generator = torch.Generator().manual_seed(0)
+        self.batch, self.bf16 = random_batch(model_cfg, batch, self.generator), bf16
+
+    def __call__(self, task: str | None = None) -> str:
+        task = task or self.objective.sample_task(self.generator)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            loss, _ = self.objective(self.batch, self.generator, task)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.objective.parameters(), 4.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return task
+
+
+def step_flops(step: Step) -> dict[str, float]:
+    """Matmul FLOPs of one step of each task (forward and backward)."""
+    flops = {}
+    for task in TASKS:
+        with FlopCounterMode(display=False) as counter:
+            step(task)
+        flops[task] = counter.get_total_flops()
+    return flops
+
+
+def measure(step: Step, steps: int, warmup: int = 2) -> tuple[float, str]:
+    """Median seconds of a step, and the task most of the timed steps trained."""
+    for _ in range(warmup):
+        step()
+    times, tasks = [], []
+    for _ in range(steps):
+        t = time.perf_counter()
+        tasks.append(step())
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), statistics.mode(tasks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--batch", type=int, default=64, help="micro-batch size (tiny preset: 64)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per cell")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", default=["text_vocab=256", "text_len=32"],
+                        help="model config overrides (default: text_vocab=256 text_len=32, the demo's shapes world)")
+    args = parser.parse_args()
+    cfg = preset(TRAIN_PRESETS, args.preset)
+    model_cfg = apply_overrides(cfg.model, args.overrides)
+    objectives = {"full (mask+length+UnrollMask+MixSel)": cfg.objective,
+                  "mask prediction only": dataclasses.replace(cfg.objective, unroll_mask=False, mix="off", length_weight=0.0)}
+    peak = {dtype: matmul_peak(dtype) for dtype in (torch.bfloat16, torch.float32)}
+    tokens = args.batch * (model_cfg.image_tokens + model_cfg.text_len + 2)
+    print(f"{args.preset}: {model_cfg.n_layer} layers x {model_cfg.n_embd}, image {model_cfg.image_grid} of "
+          f"{model_cfg.image_vocab} codes, text {model_cfg.text_len} of {model_cfg.text_vocab}; batch {args.batch} "
+          f"= {tokens} tokens/step; {torch.get_num_threads()} threads")
+    print(f"matmul peak (2048^3): bf16 {peak[torch.bfloat16] / 1e9:.0f} GFLOP/s, fp32 {peak[torch.float32] / 1e9:.0f} GFLOP/s\n")
+    print("| objective | autocast | step (ms) | tokens/s | GFLOP/step | GFLOP/s | of bf16 peak |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, objective_cfg in objectives.items():
+        for bf16 in (True, False):
+            step = Step(model_cfg, objective_cfg, args.batch, bf16)
+            seconds, task = measure(step, args.steps)
+            flops = step_flops(step)[task]
+            print(f"| {name} | {'bf16' if bf16 else 'off (fp32)'} | {1e3 * seconds:.0f} | {tokens / seconds:,.0f} | "
+                  f"{flops / 1e9:.1f} | {flops / seconds / 1e9:.0f} | {flops / seconds / peak[torch.bfloat16]:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
