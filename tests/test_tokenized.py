@@ -115,6 +115,10 @@ def test_bpe_dropout_retokenizes_reproducibly_per_micro_batch(tmp_path):
     batch, plain = first[0][0], next(clean)[0]
     assert (batch["length"] >= plain["length"]).all() and (batch["length"] > plain["length"]).any()
     assert tok.decode(batch["text"], batch["length"]) == tok.decode(plain["text"], plain["length"])
+    short = _stream(ds, batch_size=20, tokenizer=CaptionBPE.train(captions, vocab_size=120, length=10), bpe_dropout=0.3)
+    with pytest.warns(UserWarning, match="truncated \\(said once\\)") as said:
+        next(short), next(short)
+    assert len(said) == 1
 
 
 def test_squeeze_averages_pixel_pairs():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import struct
+import warnings
 import zlib
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -175,7 +176,7 @@ class BatchStream(Iterator[list[dict[str, torch.Tensor]]]):
         self.dataset, self.batch_size, self.micro = dataset, batch_size, batch_size // n_micro
         self.micro_ids, self.seed = list(micro_ids), seed
         self.tokenizer, self.bpe_dropout = (tokenizer, bpe_dropout) if bpe_dropout > 0 else (None, 0.0)
-        self.epoch, self.position = 0, 0
+        self.epoch, self.position, self.warned = 0, 0, False
         self._perm_epoch, self._perm = -1, np.empty(0, dtype=np.int64)
 
     def permutation(self, epoch: int) -> np.ndarray:
@@ -197,7 +198,13 @@ class BatchStream(Iterator[list[dict[str, torch.Tensor]]]):
         rows, captions = self.dataset.rows(indices)
         if self.tokenizer is not None:
             rng = random.Random(derive_seed("bpe-dropout", self.seed, self.epoch, self.position, k))
-            rows["text"], rows["length"] = self.tokenizer.encode(captions, dropout=self.bpe_dropout, rng=rng)
+            with warnings.catch_warnings(record=True) as truncated:  # said once per stream, not once per batch
+                warnings.simplefilter("always")
+                rows["text"], rows["length"] = self.tokenizer.encode(captions, dropout=self.bpe_dropout, rng=rng)
+            if truncated and not self.warned:
+                self.warned = True
+                warnings.warn(f"BPE dropout splits some captions into more than {self.tokenizer.length} tokens; "
+                              "they are truncated (said once)", stacklevel=2)
         return rows
 
     def state_dict(self) -> dict[str, int]:
