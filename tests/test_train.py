@@ -74,9 +74,11 @@ def test_training_learns_and_writes_the_run_directory(tmp_path):
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     rows, _ = TokenizedDataset(held).rows(np.arange(128))
-    acc = evaluate_masked_accuracy(model, [rows])
-    assert set(acc) == {"t2i/image", "i2t/text", "it2it/image", "it2it/text"}
-    # Guessing each half's most common code scores about 0.27 on the image; the caption names them all.
+    acc = evaluate_masked_accuracy(model, [{k: v[i : i + 64] for k, v in rows.items()} for i in (0, 64)])
+    keys = {"t2i/image", "i2t/text", "it2it/image", "it2it/text"}
+    assert set(acc) == keys | {f"{k}/majority" for k in keys}
+    # Guessing the most common code scores about 0.2 on the image; the caption names every code.
+    assert acc["t2i/image/majority"] < 0.3 and acc["i2t/text/majority"] < 0.4, acc
     assert acc["t2i/image"] > 0.5 and acc["i2t/text"] > 0.5, acc
 
 

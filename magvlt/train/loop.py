@@ -281,7 +281,9 @@ def evaluate_masked_accuracy(model: Transformer, batches: Iterable[dict[str, tor
     """Masked-token accuracy per task on held-out batches, masks drawn as in training (Sec. 3.1) from a fixed seed.
 
     Keys: "t2i/image" (image tokens, text clean), "i2t/text" (text tokens, image clean), "it2it/image" and
-    "it2it/text" (both masked). Each is the fraction of all masked tokens of all batches predicted right.
+    "it2it/text" (both masked), each the fraction of all masked tokens of all batches predicted right; and
+    "<key>/majority", the accuracy of always guessing the most common target (the real chance level: in
+    the shapes world most image tokens are background).
     """
     if model.cfg.causal:
         raise UserError("masked-token accuracy applies to MAGVLT (bidirectional) models, not ARGVLT")
@@ -289,7 +291,8 @@ def evaluate_masked_accuracy(model: Transformer, batches: Iterable[dict[str, tor
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
-    hits: dict[str, list[int]] = {}
+    correct: dict[str, int] = {}
+    targets: dict[str, list[torch.Tensor]] = {}
     for batch in batches:
         image, text, length = (batch[k].to(device) for k in ("image", "text", "length"))
         for task in TASKS:
@@ -298,8 +301,13 @@ def evaluate_masked_accuracy(model: Transformer, batches: Iterable[dict[str, tor
             for modality, logits, target in (("image", pred.image_logits, ex.image_target[ex.image_mask]),
                                              ("text", pred.text_logits, ex.text_target[ex.text_mask])):
                 if target.numel():
-                    n = hits.setdefault(f"{task}/{modality}", [0, 0])
-                    n[0] += int((logits.argmax(-1) == target).sum())
-                    n[1] += target.numel()
+                    key = f"{task}/{modality}"
+                    correct[key] = correct.get(key, 0) + int((logits.argmax(-1) == target).sum())
+                    targets.setdefault(key, []).append(target.cpu())
     model.train(was_training)
-    return {k: correct / total for k, (correct, total) in hits.items()}
+    result = {}
+    for key, parts in targets.items():
+        counts = torch.cat(parts).bincount()
+        result[key] = correct[key] / int(counts.sum())
+        result[f"{key}/majority"] = int(counts.max()) / int(counts.sum())
+    return result
