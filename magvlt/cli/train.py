@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from magvlt.errors import UserError
@@ -14,7 +13,7 @@ def register(subparsers) -> None:
         description="Train on shards built by `magvlt tokenize`. Overrides are key=value pairs of the "
                     "training config, e.g. objective.mix=off model.n_layer=2 lr=5e-4.",
     )
-    parser.add_argument("--config", help="training preset (tiny, tiny-ar, small, base, large); not needed with --resume")
+    parser.add_argument("--config", help="training preset (tiny, tiny-ar, small, base, large); with --resume the run's config.json is used instead")
     parser.add_argument("--data", type=Path, required=True, help="tokenized data directory (holds meta.json)")
     parser.add_argument("--out", type=Path, required=True, help="run directory for checkpoints, metrics and the loss plot")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out exactly where its checkpoint left off")
@@ -33,8 +32,6 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         if not (args.out / CONFIG).is_file():
             raise UserError(f"nothing to resume: {args.out / CONFIG} not found")
-        if args.config:
-            print(f"magvlt: --resume continues with {args.out / CONFIG}; --config {args.config} is ignored", file=sys.stderr)
         cfg = load_json(TrainConfig, args.out / CONFIG)
     elif args.config:
         cfg = preset(TRAIN_PRESETS, args.config)
@@ -45,6 +42,5 @@ def run(args: argparse.Namespace) -> int:
         cfg.steps = args.steps
     if args.minutes is not None:
         cfg.max_minutes = args.minutes
-    out = train(cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress)
-    print(f"magvlt: run saved in {out}", file=sys.stderr)
+    train(cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress)
     return 0

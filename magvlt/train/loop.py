@@ -245,6 +245,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: 
                 break
     finally:
         bar.close()
+    _say(info, f"run saved in {out} at step {step}")
     return out
 
 
