@@ -124,7 +124,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
             return loss * math.nan, {**metrics, "loss": math.nan}
         return loss, metrics
 
-    monkeypatch.setattr(loop.TrainingObjective, "forward", lambda self, batch, generator, task: poisoned(self.model, batch, self.task_cfgs[task], generator))
+    monkeypatch.setattr(loop.TrainingObjective, "forward",
+                        lambda self, batch, generator, task: poisoned(self.model, batch, self.task_cfgs[task], generator))
     with pytest.raises(UserError, match=r"diverged at step 7: loss nan.*last good checkpoint \(step 4\)"):
         train(tiny_config(), data, tmp_path / "run", progress=False)
     assert load_torch(tmp_path / "run" / "train_state.pt")["step"] == 4

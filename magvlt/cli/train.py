@@ -13,7 +13,8 @@ def register(subparsers) -> None:
         description="Train on shards built by `magvlt tokenize`. Overrides are key=value pairs of the "
                     "training config, e.g. objective.mix=off model.n_layer=2 lr=5e-4.",
     )
-    parser.add_argument("--config", help="training preset (tiny, tiny-ar, small, base, large); with --resume the run's config.json is used instead")
+    parser.add_argument("--config", help="training preset (tiny, tiny-ar, small, base, large); "
+                                         "with --resume the run's config.json is used instead")
     parser.add_argument("--data", type=Path, required=True, help="tokenized data directory (holds meta.json)")
     parser.add_argument("--out", type=Path, required=True, help="run directory for checkpoints, metrics and the loss plot")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out exactly where its checkpoint left off")

@@ -28,6 +28,7 @@ from magvlt.model import Transformer
 from magvlt.objectives import TASKS, mask_task, predict_masked, sample_task, training_loss
 from magvlt.train import dist, rundir
 
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate of update `step` (0-based): linear warmup, then cosine decay to min_lr_ratio * lr."""
     if step < cfg.warmup_steps:
