@@ -52,11 +52,8 @@ class ShardWriter:
         if shard_size < 1:
             raise UserError(f"shard size must be >= 1, got {shard_size}")
         self.out_dir, self.meta, self.shard_size = Path(out_dir), dict(meta), shard_size
-        self.dtypes = {
-            "image": _token_dtype(meta["image_vocab"]), "image_half_w": _token_dtype(meta["image_vocab"]),
-            "image_half_h": _token_dtype(meta["image_vocab"]), "text": _token_dtype(meta["text_vocab"]),
-            "length": np.int16,
-        }
+        vocab = {"image": "image_vocab", "image_half_w": "image_vocab", "image_half_h": "image_vocab", "text": "text_vocab"}
+        self.dtypes = {key: _token_dtype(meta[v]) for key, v in vocab.items()} | {"length": np.int16}
         self.pending: dict[str, list[np.ndarray]] = {k: [] for k in FIELDS}
         self.captions: list[str] = []
         self.shards: list[dict] = []
