@@ -105,7 +105,7 @@ class TrainConfig:
 
 
 MODEL_PRESETS: dict[str, ModelConfig] = {
-    # minutes-long CPU runs underfit, so the CPU presets skip dropout (it also keeps SDPA on its fused path)
+    # minutes-long CPU runs underfit, and dropout costs ~20% of a CPU step, so the CPU preset skips it
     "tiny": ModelConfig(n_layer=4, n_head=4, n_embd=256, dropout=0.0, attn_dropout=0.0),
     "small": ModelConfig(n_layer=8, n_head=8, n_embd=512),
     "mid": ModelConfig(n_layer=12, n_head=12, n_embd=768, image_vocab=16384, image_grid=(16, 16)),
