@@ -158,7 +158,7 @@ def evaluate_and_draw(cfg: DemoConfig, out: Path, model_dir: Path, scorer_dir: P
     for split in ("val", "novel"):
         print(f"[demo] evaluating on {split} ...", flush=True)
         metrics[split] = evaluate(pipe, f"shapes:{split}:{cfg.n_eval}", ("t2i", "i2t", "inpaint", "infill"),
-                                  n=cfg.n_eval, seed=cfg.seed)
+                                  n=cfg.n_eval, seed=cfg.seed, fid=None)  # FID: `magvlt eval` (CPU Inception is slow)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     atomic_write_text(out / "metrics.md", "\n\n".join(f"### {s}\n\n{markdown(metrics[s])}" for s in ("val", "novel")))
     shutil.copy(model_dir / "loss.png", out / "loss.png")
@@ -182,9 +182,9 @@ def summary(metrics: dict, out: Path) -> str:
     for split in ("val", "novel"):
         m = metrics[split]
         lines.append(
-            f"  {split:5s}  T2I exact {m['t2i']['judge']['exact']:.1%}   I2T exact {m['i2t']['judge']['exact']:.1%} "
-            f"(outside grammar {m['i2t']['judge']['invalid']:.1%}, CIDEr {m['i2t']['cider']:.2f})   "
-            f"inpaint exact {m['inpaint']['judge']['exact']:.1%}   infill exact {m['infill']['judge']['exact']:.1%}"
+            f"  {split:5s}  T2I exact {m['t2i']['judge']['exact']:.1f}%   I2T exact {m['i2t']['judge']['exact']:.1f}% "
+            f"(outside grammar {m['i2t']['judge']['invalid']:.1f}%, CIDEr {m['i2t']['cider']:.1f})   "
+            f"inpaint exact {m['inpaint']['judge']['exact']:.1f}%   infill exact {m['infill']['judge']['exact']:.1f}%"
         )
     return "\n".join(lines)
 

@@ -100,12 +100,12 @@ def measure(run_dir: Path, split: str, n: int, seed: int, caption_metrics) -> di
     generated = pipe.generate_images(captions, seed=seed)
     t2i_seconds = (time.perf_counter() - start) / n
     written = pipe.caption(images, seed=seed)
-    scores = caption_metrics(written, [phrasings(s) for s in scenes])
+    read = judge_captions(written, captions)
     return {
         "t2i": judge_images(generated, captions)["exact"],
-        "i2t": judge_captions(written, captions)["exact"],
-        "invalid": judge_captions(written, captions)["invalid"],
-        "cider": scores["cider"],
+        "i2t": read["exact"],
+        "invalid": read["invalid"],
+        "cider": caption_metrics(written, [phrasings(s) for s in scenes])["cider"],
         "t2i_ms": 1000 * t2i_seconds,
     }
 
@@ -164,7 +164,7 @@ def tables(results: dict[str, dict], grid: GridConfig) -> str:
             if not got:
                 continue
             col = lambda key, scale=1.0, digits=1: _cell([g[key] for g in got], scale, digits)  # noqa: E731
-            lines.append(f"| {name} | {col('t2i', 100)} | {col('i2t', 100)} | {col('cider', 1, 1)} | "
-                         f"{col('invalid', 100)} | {col('t2i_ms', 1, 2)} |")
+            lines.append(f"| {name} | {col('t2i')} | {col('i2t')} | {col('cider')} | "
+                         f"{col('invalid')} | {col('t2i_ms', 1, 2)} |")
         lines.append("")
     return "\n".join(lines)
