@@ -48,10 +48,10 @@ class VQConfig:
     dropout: float = 0.0
     beta: float = 0.25  # commitment loss weight
     # training (magvlt.train.vq); a checkpoint ignores these when it is only used for encoding and decoding
-    rec_loss: str = "l1"  # reconstruction loss: "l1" or "l2"
+    rec_loss: str = "l2"  # reconstruction loss: "l2" (MSE, learns the sparse shapes faster) or "l1"
     ema_decay: float = 0.99  # EMA codebook updates (the codebook gets no gradient)
     kmeans_iters: int = 10  # k-means init of the codebook from the first batch of encoder outputs
-    dead_code_fraction: float = 0.03  # restart codes whose EMA usage drops below this fraction of uniform usage
+    dead_code_fraction: float = 0.25  # restart codes whose EMA usage drops below this fraction of uniform usage
     squeeze_fraction: float = 0.25  # batches squeezed to half width or half height, as MixSel encodes them
     disc_weight: float = 0.0  # PatchGAN hinge adversarial term (taming); 0 = off
     disc_start: int = 1000  # steps of pure reconstruction before the adversarial term starts
