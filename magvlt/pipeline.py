@@ -152,6 +152,10 @@ class MAGVLT:
             pixels = np.where(masked[..., None], np.uint8(96), pixels)
         return pixels
 
+    def _check_options(self, guidance: float) -> None:
+        if self.cfg.causal and guidance != 0:
+            raise UserError("classifier-free guidance is implemented for MAGVLT's parallel decoding, not for ARGVLT runs")
+
     def _check_bidirectional(self, task: str) -> None:
         if self.cfg.causal:
             raise UserError(f"{task} needs a MAGVLT model; this run is an ARGVLT (causal), which only does t2i and i2t")
@@ -184,6 +188,7 @@ class MAGVLT:
                         top_p: float | None = None, candidates: int = 1, seed: int = 0, batch_size: int = 32,
                         trace: bool = False):
         """T2I (Sec. 4.2) -> list of PIL images; with trace, (images, frames) with frames[i] one image per step."""
+        self._check_options(guidance)
         captions = [captions] if isinstance(captions, str) else list(captions)
         ids, lengths = self.encode_text(captions)
         gen, images, frames = self._generator(seed), [], []
@@ -230,6 +235,7 @@ class MAGVLT:
                 guidance: float = 0.0, top_k: int | None = None, top_p: float | None = None, candidates: int = 1,
                 seed: int = 0, batch_size: int = 32, trace: bool = False):
         """I2T (Sec. 4.3) -> list of captions; with trace, (captions, frames) with frames[i] one string per step."""
+        self._check_options(guidance)
         inputs, codes = self.prepare_images(images)
         gen, captions, frames = self._generator(seed), [], []
         for sl in self._chunks(len(codes), max(1, batch_size // candidates)):
