@@ -7,32 +7,34 @@ One run, same machine, same architecture and weight shapes (random weights: spee
 
     python benchmarks/decode_speed.py            # tiny and mid (12 x 768), batch 1 and 32; a few minutes
     python benchmarks/decode_speed.py --quick    # tiny, batch 1, one decode each; seconds
-    python benchmarks/decode_speed.py --full     # every cell measured in full (an hour or more on 2 cores)
+    python benchmarks/decode_speed.py --full     # every cell measured in full (~45 minutes on 2 cores)
 
 By default the slowest cells are not run in full: ARGVLT without a cache is measured for the tiny model at
 batch 1 only ("—" elsewhere), and the mid-size batch-32 MAGVLT time is a 2-step decode scaled by 10 / 2
-(every step is the same forward on the same shapes), marked "~".
+(every step is the same forward on the same shapes), marked "~". On a shared machine pass --threads 1: with
+more threads than free cores, thread synchronisation slows the many small ops of AR decoding by up to 50x.
 
-Why a CPU does not show the paper's 8.12x. Per sample, MAGVLT computes T * 322 token-forwards (~10x the
-FLOPs of ARGVLT with a cache, which computes 66 + 256 token-forwards) but reads the weights only T = 10 times
-in sequence, where cached ARGVLT reads them 256 times, one dependent step after another. Which of the two
-costs dominates is a property of the machine:
-- A GPU has ~100x more compute per byte of memory bandwidth than needed by a one-token step, so a cached AR
-  step is bound by weight traffic and kernel-launch latency and costs nearly as much as a whole 322-token
-  forward; the speed-up approaches 256 / 10 and is eaten into by MAGVLT's extra compute as the batch
-  grows: the paper measures 8.12x.
-- Two CPU cores have little compute (~0.1-0.3 TFLOP/s) against ~10-20 GB/s of memory bandwidth, so both
-  methods are compute-bound and time follows FLOPs: MAGVLT's 10x more arithmetic makes it slower than cached
-  ARGVLT (a ratio below 1), more so at batch 32 where an AR step's weight reads are shared by 32 rows.
-  Against ARGVLT without a cache (sum of 66..321-token forwards, ~60x MAGVLT's per-step work summed over
-  256 steps) MAGVLT wins on any machine.
-The script prints the FLOPs and weight passes of each method and the throughput each decode reached, so the
-figure can be checked against the machine's roofline.
+Why a CPU does not show the paper's 8.12x. Per sample, MAGVLT computes 10 x 322 token-forwards, ~10x the FLOPs
+of ARGVLT with a cache (66 + 256 token-forwards), but reads the weights only 10 times in sequence, where cached
+ARGVLT reads them 256 times, each step waiting for the last. So, roughly,
+
+    speed-up = (256 x max(weight bytes / bandwidth, step latency)) / (10 x step FLOPs / FLOP rate).
+
+Measured on 2 CPU cores (mid model, batch 1): MAGVLT reaches ~0.14 TFLOP/s, so its 650 GFLOP take ~4.7 s;
+cached ARGVLT streams its ~0.39 GB of fp32 weights 256 times at ~12 GB/s, ~8.5 s: 1.8x. At batch 32 the AR
+step's weight reads are shared by 32 rows and both methods are compute-bound, so time follows FLOPs and MAGVLT
+is slower (~0.25x). The tiny model at batch 1 is bound by per-op dispatch (~3 ms per AR token), not by memory.
+A GPU has ~1000x this FLOP rate but only ~300x the bandwidth, and a one-token step costs about a kernel-launch
+chain whatever its size, so the compute term shrinks against the sequential one and the ratio moves toward
+256 / 10; the paper measures 8.12x (base model). Against ARGVLT without a cache (a 66..321-token forward per
+token) MAGVLT wins everywhere (16x here on the tiny model). The second table prints each decode's FLOPs,
+sequential forwards and the throughput it reached, so the figures can be checked against the roofline.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import time
 
@@ -111,7 +113,7 @@ def run_cell(name: str, cfg: ModelConfig, batch: int, args, device: torch.device
     def ar(use_cache: bool):
         return lambda: sampling.ar_generate_images(argvlt, text, length, generator=gen, use_cache=use_cache)
 
-    mag(1)()  # warm-up: allocator, kernels, thread pool
+    sampling.generate_images(magvlt, text[:1], length[:1], steps=1, generator=gen)  # warm-up: allocator, threads
     row = {"model": name, "batch": batch, "estimated": set()}
     if expensive:
         row["magvlt"] = median_time(mag(2), repeats, device) * STEPS / 2
@@ -185,13 +187,14 @@ def main() -> None:
     configs = bench_configs()
     if args.quick:
         configs, args.batches = dict(list(configs.items())[:1]), [1]
-    rows = []
+    rows, load_before = [], os.getloadavg()[0]
     for name, cfg in configs.items():
         for batch in args.batches:
             rows.append(run_cell(name, cfg, batch, args, device))
             print(f"measured {name} batch {batch}", flush=True)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\nT2I decoding, 256 image tokens, {where}, torch {torch.__version__} (~: estimated, see --full)\n")
+    load = f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other processes skew CPU timings)"
+    print(f"\nT2I decoding, 256 image tokens, {where}, torch {torch.__version__}; {load}; ~: estimated, see --full\n")
     print(markdown(rows))
     print("\nWork per decode and the throughput reached (FLOPs of matmuls; weights read once per sequential forward):\n")
     print(roofline(rows))

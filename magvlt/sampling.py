@@ -188,7 +188,7 @@ def _to_sample(vocab: Vocab, image: torch.Tensor, text: torch.Tensor) -> Sample:
     )
 
 
-def _mean_where(values: torch.Tensor, where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _sum_count(values: torch.Tensor, where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (values * where).sum(dim=1), where.sum(dim=1)
 
 
@@ -247,8 +247,8 @@ def refine(model: Transformer, image: torch.Tensor, text: torch.Tensor, *, steps
             history.append(_to_sample(vocab, image, text))
 
     result = _to_sample(vocab, image, text)
-    image_sum, image_n = _mean_where(image_logp, image_gen)
-    text_sum, text_n = _mean_where(text_logp, span)
+    image_sum, image_n = _sum_count(image_logp, image_gen)
+    text_sum, text_n = _sum_count(text_logp, span)
     result.score = (image_sum + text_sum) / (image_n + text_n).clamp(min=1)
     result.trace = history
     return result
