@@ -80,6 +80,7 @@ def train_run(run: Run, seed: int, grid: GridConfig, data: dict[str, Path]) -> P
         return out
     cfg = apply_overrides(preset(TRAIN_PRESETS, run.preset), list(run.overrides))
     cfg.steps, cfg.batch_size, cfg.seed = grid.steps, grid.batch_size, seed
+    cfg.bpe_dropout = 0.0  # as in the demo: with the caption BPE it inflates lengths and causes repeats
     cfg.warmup_steps, cfg.ckpt_every, cfg.model.text_len = max(10, grid.steps // 20), grid.steps, grid.demo.text_len
     if out.exists():
         import shutil
