@@ -38,19 +38,19 @@ class VQConfig:
 
     resolution: int = 32
     in_channels: int = 3
-    ch: int = 64
+    ch: int = 32
     ch_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1
     attn_resolutions: tuple[int, ...] = (8,)
-    z_channels: int = 64
-    embed_dim: int = 64
+    z_channels: int = 32
+    embed_dim: int = 32
     n_embed: int = 512
     dropout: float = 0.0
     beta: float = 0.25  # commitment loss weight
     # training (magvlt.train.vq); a checkpoint ignores these when it is only used for encoding and decoding
     rec_loss: str = "l2"  # reconstruction loss: "l2" (MSE, learns the sparse shapes faster) or "l1"
     ema_decay: float = 0.99  # EMA codebook updates (the codebook gets no gradient)
-    kmeans_iters: int = 10  # k-means init of the codebook from the first batch of encoder outputs
+    kmeans_iters: int = 10  # k-means init of the codebook from the first encoder outputs (512 images)
     dead_code_fraction: float = 0.25  # restart codes whose EMA usage drops below this fraction of uniform usage
     squeeze_fraction: float = 0.25  # batches squeezed to half width or half height, as MixSel encodes them
     disc_weight: float = 0.0  # PatchGAN hinge adversarial term (taming); 0 = off

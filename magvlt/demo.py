@@ -27,7 +27,7 @@ class DemoConfig:
 
     out: Path = Path("runs/demo")
     minutes: float = 9.0  # the MAGVLT transformer
-    vq_minutes: float = 5.0
+    vq_minutes: float = 6.0
     clip_minutes: float = 1.0
     n_train: int = 20000
     n_eval: int = 500

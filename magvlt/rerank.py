@@ -56,7 +56,7 @@ class ImageTower(nn.Module):
         self.size = cfg.image_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        x = images.permute(0, 3, 1, 2).float().contiguous() / 127.5 - 1.0
         if x.shape[-2:] != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
         return self.proj(self.stages(x).flatten(1))

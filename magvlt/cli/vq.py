@@ -15,7 +15,7 @@ def register(subparsers) -> None:
                            "Overrides set VQConfig fields, e.g. n_embed=1024 dead_code_fraction=0.1 rec_loss=l2.")
     train.add_argument("--data", type=Path, required=True, help="pairs: folder of tar shards or of {key}.png + {key}.txt")
     train.add_argument("--out", type=Path, required=True, help="directory to save config.json and model.safetensors in")
-    train.add_argument("--minutes", type=float, default=5.0, help="wall-clock training budget")
+    train.add_argument("--minutes", type=float, default=6.0, help="wall-clock training budget")
     train.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: only the time budget)")
     train.add_argument("--config", default="tiny", help="VQ preset: tiny (32x32 -> 8x8, 512 codes) or f16_16384")
     train.add_argument("--batch-size", type=int, default=32)

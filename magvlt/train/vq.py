@@ -2,7 +2,7 @@
 
 Loss: L1 (or L2) reconstruction + beta * commitment, optionally a PatchGAN hinge term. The codebook is
 not trained by gradients but by EMA updates (van den Oord et al. 2017, App. A.1), seeded by k-means on
-the first batch of encoder outputs. Codes whose EMA usage falls below a fraction of uniform usage are
+the encoder outputs of up to 512 training images. Codes whose EMA usage falls below a fraction of uniform usage are
 restarted at encoder outputs drawn in proportion to their squared quantization error, so restarts land
 where the codebook serves the data worst (black background patches, the bulk of shapes-world tokens,
 are then rarely picked). Without restarts an EMA codebook collapses to a dozen codes on shapes world.
@@ -36,8 +36,9 @@ class EMACodebook:
         self.embed_sum = weight.detach().float().clone()
 
     @torch.no_grad()
-    def kmeans_init(self, z: torch.Tensor, iters: int) -> None:
-        """Codebook = k-means (k-means++ seeding, `iters` Lloyd steps) of encoder outputs z [N, D]."""
+    def kmeans_init(self, z: torch.Tensor, iters: int, batch_tokens: int) -> None:
+        """Codebook = k-means (k-means++ seeding, `iters` Lloyd steps) of encoder outputs z [N, D]; usage is
+        counted per training batch of `batch_tokens` vectors."""
         centers = self._kmeans_pp(z, self.weight.shape[0])
         for _ in range(iters):
             codes = torch.cdist(z, centers).argmin(1)
@@ -46,7 +47,7 @@ class EMACodebook:
             filled = counts > 0
             centers[filled] = sums[filled] / counts[filled, None]
         counts = torch.bincount(torch.cdist(z, centers).argmin(1), minlength=len(centers)).float()
-        self.cluster_size = counts.clamp(min=self.grace(len(z)))
+        self.cluster_size = (counts * batch_tokens / len(z)).clamp(min=self.grace(batch_tokens))
         self.embed_sum = centers * self.cluster_size[:, None]
         self.weight.copy_(centers)
 
@@ -115,7 +116,7 @@ def psnr(mse: float, peak_to_peak: float = 2.0) -> float:
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [-1, 1]."""
-    return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return images.permute(0, 3, 1, 2).float().contiguous() / 127.5 - 1.0  # channels-last input makes CPU GroupNorm ~10x slower
 
 
 def lr_at(progress: float, lr: float, warmup: float = 0.03, floor: float = 0.1) -> float:
@@ -143,11 +144,20 @@ def evaluate(model: VQGAN, images: np.ndarray, batch_size: int = 256) -> dict:
             "perplexity": float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))}
 
 
+@torch.no_grad()
+def _sample_latents(model: VQGAN, data: torch.Tensor, gen: torch.Generator, bf16: bool, n: int = 512) -> torch.Tensor:
+    """Encoder outputs [n * h * w, D] of up to n random training images, for the k-means codebook init."""
+    idx = torch.randperm(len(data), generator=gen, device=data.device)[:n]
+    with _autocast(data.device, bf16):
+        z = model.latents(to_float(data[idx]))
+    return z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+
+
 def _autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def train_vq(images: np.ndarray, cfg: VQConfig, *, minutes: float = 5.0, batch_size: int = 32, lr: float = 2e-3,
+def train_vq(images: np.ndarray, cfg: VQConfig, *, minutes: float = 6.0, batch_size: int = 32, lr: float = 2e-3,
              seed: int = 0, out: Path | None = None, progress: bool = True, steps: int = 0,
              val_images: np.ndarray | None = None, bf16: bool = True, device: str | torch.device | None = None,
              log_every: int = 0) -> tuple[VQGAN, dict]:
@@ -156,64 +166,38 @@ def train_vq(images: np.ndarray, cfg: VQConfig, *, minutes: float = 5.0, batch_s
     Returns the model (eval mode) and stats: steps, seconds, final batch loss, and PSNR / codebook usage of
     decode(encode(x)) on `val_images` (default: up to 512 training images). Saves to `out` if given.
     """
-    images = to_rgb_uint8(images)
-    if images.ndim != 4 or len(images) < batch_size:
-        raise UserError(f"need at least batch_size={batch_size} images [N, H, W, 3] to train on, got shape {images.shape}")
-    if cfg.rec_loss not in ("l1", "l2"):
-        raise UserError(f"VQConfig.rec_loss must be 'l1' or 'l2', got {cfg.rec_loss!r}")
-    if minutes <= 0 and steps <= 0:
-        raise UserError("give a positive time budget (minutes) or number of steps")
+    images = _check_inputs(images, cfg, batch_size, minutes, steps)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = VQGAN(cfg).to(device)
+        model = VQGAN(cfg).to(device).train()
         disc = patch_discriminator().to(device) if cfg.disc_weight > 0 else None
     model.to_input(images[:1])  # refuses image sizes the tokenizer cannot tile
     data = torch.from_numpy(images).to(device)
     codebook = EMACodebook(model.quantize.embedding.weight, cfg.ema_decay, cfg.dead_code_fraction, gen)
-    params = [p for n, p in model.named_parameters() if n != "quantize.embedding.weight"]
-    opt = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.9))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9)) if disc else None
-    rec_fn = F.l1_loss if cfg.rec_loss == "l1" else F.mse_loss
+    batch_tokens = batch_size * (images.shape[1] // model.factor) * (images.shape[2] // model.factor)
     if cfg.kmeans_iters > 0:
-        with torch.no_grad(), _autocast(device, bf16):
-            z = model.latents(to_float(data[torch.randperm(len(data), generator=gen, device=device)[:batch_size]]))
-        codebook.kmeans_init(z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1]), cfg.kmeans_iters)
+        codebook.kmeans_init(_sample_latents(model, data, gen, bf16), cfg.kmeans_iters, batch_tokens)
+    params = [p for n, p in model.named_parameters() if n != "quantize.embedding.weight"]
+    optimizers = [torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99))]
+    if disc is not None:
+        optimizers.append(torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.9)))  # taming's GAN setting
 
     budget, start, step, restarts = minutes * 60, time.perf_counter(), 0, 0
     bar = tqdm(total=steps or None, unit="step", desc="vq", disable=None if progress else True)
-    model.train()
-    while True:
-        elapsed = time.perf_counter() - start
-        done = max(elapsed / budget if budget > 0 else 0.0, step / steps if steps else 0.0)
-        if done >= 1:
-            break
-        for group in opt.param_groups + (opt_d.param_groups if opt_d else []):
-            group["lr"] = lr_at(done, lr)
-        x = to_float(data[torch.randint(len(data), (batch_size,), generator=gen, device=device)])
-        u = float(torch.rand((), generator=gen, device=device))
-        if u < cfg.squeeze_fraction:
-            x = squeeze(x, "w" if u < cfg.squeeze_fraction / 2 else "h")
-        with _autocast(device, bf16):
-            z = model.latents(x)
-            z_q, codes = model.quantize(z)
-            recon = model.reconstruct(z_q).float()
-            rec = rec_fn(recon, x)
-            commit = F.mse_loss(z.float(), model.quantize.lookup(codes).detach())
-            loss = rec + cfg.beta * commit
-            adversarial = disc is not None and step >= cfg.disc_start
-            if adversarial:
-                loss = loss - cfg.disc_weight * disc(recon).float().mean()
-        opt.zero_grad(set_to_none=True)
+    while (done := max(_fraction(time.perf_counter() - start, budget), _fraction(step, steps))) < 1:
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(done, lr)
+        x = _batch(data, batch_size, cfg.squeeze_fraction, gen)
+        adversarial = disc is not None and step >= cfg.disc_start
+        loss, recon, z, codes = _losses(model, disc if adversarial else None, x, cfg, bf16)
+        optimizers[0].zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        optimizers[0].step()
         if adversarial:
-            with _autocast(device, bf16):
-                d_loss = F.relu(1 - disc(x)).mean() + F.relu(1 + disc(recon.detach())).mean()
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
+            _discriminator_step(disc, optimizers[1], x, recon.detach(), bf16)
         restarts += codebook.update(z.detach().float().permute(0, 2, 3, 1).reshape(-1, z.shape[1]), codes.flatten())
         step += 1
         bar.update(1)
@@ -225,10 +209,55 @@ def train_vq(images: np.ndarray, cfg: VQConfig, *, minutes: float = 5.0, batch_s
                 bar.write(f"vq step {step} " + " ".join(f"{k} {v}" for k, v in status.items()) + f" restarts {restarts}")
     bar.close()
     seconds = time.perf_counter() - start
-    held_out = val_images if val_images is not None else images[:512]
+    held_out = to_rgb_uint8(val_images) if val_images is not None else images[:512]
     stats = {"steps": step, "seconds": round(seconds, 1), "images_per_s": round(step * batch_size / seconds, 1),
-             "rec_loss": rec.item(), "restarts": restarts, **evaluate(model, to_rgb_uint8(held_out))}
+             "loss": loss.item(), "restarts": restarts, **evaluate(model, held_out)}
     if out is not None:
         save_vq(model, out)
         atomic_write_text(Path(out) / "train_stats.json", json.dumps(stats, indent=2) + "\n")
     return model, stats
+
+
+def _check_inputs(images, cfg: VQConfig, batch_size: int, minutes: float, steps: int) -> np.ndarray:
+    images = to_rgb_uint8(images)
+    if images.ndim != 4 or len(images) < batch_size:
+        raise UserError(f"need at least batch_size={batch_size} images [N, H, W, 3] to train on, got shape {images.shape}")
+    if cfg.rec_loss not in ("l1", "l2"):
+        raise UserError(f"VQConfig.rec_loss must be 'l1' or 'l2', got {cfg.rec_loss!r}")
+    if minutes <= 0 and steps <= 0:
+        raise UserError("give a positive time budget (minutes) or number of steps")
+    return images
+
+
+def _fraction(used: float, total: float) -> float:
+    return used / total if total > 0 else 0.0
+
+
+def _batch(data: torch.Tensor, batch_size: int, squeeze_fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """A random float batch; a `squeeze_fraction` of batches come at half width or half height."""
+    x = to_float(data[torch.randint(len(data), (batch_size,), generator=gen, device=data.device)])
+    u = float(torch.rand((), generator=gen, device=data.device))
+    if u < squeeze_fraction:
+        x = squeeze(x, "w" if u < squeeze_fraction / 2 else "h")
+    return x
+
+
+def _losses(model: VQGAN, disc: nn.Module | None, x: torch.Tensor, cfg: VQConfig, bf16: bool):
+    """Reconstruction + beta * commitment (+ the generator's hinge term); also the reconstruction, z_e and codes."""
+    with _autocast(x.device, bf16):
+        recon, z, codes = model(x)
+        recon = recon.float()
+        rec = F.l1_loss(recon, x) if cfg.rec_loss == "l1" else F.mse_loss(recon, x)
+        loss = rec + cfg.beta * F.mse_loss(z.float(), model.quantize.lookup(codes).detach())
+        if disc is not None:
+            loss = loss - cfg.disc_weight * disc(recon).float().mean()
+    return loss, recon, z, codes
+
+
+def _discriminator_step(disc: nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor, bf16: bool) -> None:
+    """One hinge-loss update of the PatchGAN discriminator."""
+    with _autocast(real.device, bf16):
+        loss = F.relu(1 - disc(real)).mean() + F.relu(1 + disc(fake)).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
