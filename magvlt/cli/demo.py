@@ -9,13 +9,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="build data and tokenizers, train a small MAGVLT, evaluate, draw samples",
                        description="Runs the whole method on the built-in shapes world (about 20 minutes on 2 CPU "
                                    "cores). A second run reuses every finished stage unless --fresh is given.")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
-    p.add_argument("--minutes", type=float, default=9.0, help="training time of the transformer (default 9)")
-    p.add_argument("--vq-minutes", type=float, default=5.0, help="training time of the VQ-GAN (default 5)")
-    p.add_argument("--clip-minutes", type=float, default=1.0, help="training time of the reranking scorer (default 1)")
-    p.add_argument("--n-train", type=int, default=20000, help="training pairs (default 20000)")
-    p.add_argument("--n-eval", type=int, default=500, help="pairs per evaluation split (default 500)")
-    p.add_argument("--seed", type=int, default=0)
+    from magvlt.demo import DemoConfig
+
+    d = DemoConfig()
+    p.add_argument("--out", type=Path, default=d.out, help=f"output folder (default {d.out})")
+    p.add_argument("--minutes", type=float, default=d.minutes, help=f"training time of the transformer (default {d.minutes:g})")
+    p.add_argument("--vq-minutes", type=float, default=d.vq_minutes, help=f"training time of the VQ-GAN (default {d.vq_minutes:g})")
+    p.add_argument("--clip-minutes", type=float, default=d.clip_minutes,
+                   help=f"training time of the reranking scorer (default {d.clip_minutes:g})")
+    p.add_argument("--n-train", type=int, default=d.n_train, help=f"training pairs (default {d.n_train})")
+    p.add_argument("--n-eval", type=int, default=d.n_eval, help=f"pairs per evaluation split (default {d.n_eval})")
+    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--fresh", action="store_true", help="rebuild every stage instead of reusing the cache")
     p.set_defaults(func=run)
 
