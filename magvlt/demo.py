@@ -186,7 +186,8 @@ def summary(metrics: dict, out: Path) -> str:
         m = metrics[split]
         lines.append(
             f"  {split:5s}  T2I exact {m['t2i']['judge']['exact']:.1f}%   I2T exact {m['i2t']['judge']['exact']:.1f}% "
-            f"(outside grammar {m['i2t']['judge']['invalid']:.1f}%, CIDEr {m['i2t']['cider']:.1f})   "
+            f"(outside grammar {m['i2t']['judge']['invalid']:.1f}%, repeats {m['i2t']['repeats']:.1f}%, "
+            f"CIDEr {m['i2t']['cider']:.1f})   "
             f"inpaint exact {m['inpaint']['judge']['exact']:.1f}%   infill exact {m['infill']['judge']['exact']:.1f}%"
         )
     return "\n".join(lines)

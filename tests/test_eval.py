@@ -92,7 +92,7 @@ def test_a_perfect_pipeline_scores_the_maximum(data, captions):
         assert out[task]["fid"] == pytest.approx(0, abs=1e-6)
         assert out[task]["clip_score"] == pytest.approx(100)
     for task in ("i2t", "infill"):
-        assert out[task]["judge"]["exact"] == 100.0 and out[task]["judge"]["invalid"] == 0.0
+        assert out[task]["judge"]["exact"] == 100.0 and out[task]["judge"]["invalid"] == 0.0 and out[task]["repeats"] == 0.0
         assert out[task]["bleu4"] == pytest.approx(100, abs=1e-6)
         assert out[task]["meteor"] == pytest.approx(100) and out[task]["rouge_l"] == pytest.approx(100)
     assert out["t2i"]["inception_score"] is None and out["t2i"]["inception_score_unavailable"]

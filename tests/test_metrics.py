@@ -10,7 +10,7 @@ from PIL import Image
 from magvlt.data.shapes import render_split
 from magvlt.errors import UserError
 from magvlt.eval import metrics
-from magvlt.eval.metrics import FID, CaptionMetrics, as_uint8, clip_score, coco_references, frechet_distance
+from magvlt.eval.metrics import FID, CaptionMetrics, as_uint8, clip_score, coco_references, frechet_distance, repeat_rate
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +179,9 @@ def test_as_uint8_accepts_pil_lists_and_rejects_floats():
 
 def test_clip_score_is_100_times_the_clipped_mean_cosine():
     assert clip_score(torch.tensor([0.3, -0.2, 0.5])) == pytest.approx(100 * 0.8 / 3)
+
+
+def test_repeat_rate_counts_captions_with_a_word_straight_after_itself():
+    captions = ["a a red circle", "a red circle to the left of a blue square", "a small Small square", "", "red red"]
+    assert repeat_rate(captions) == pytest.approx(60.0)
+    assert repeat_rate(["a large red circle above a small red square"]) == 0.0  # repeated, but not adjacent

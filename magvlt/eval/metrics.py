@@ -239,6 +239,16 @@ class FID:
         return feature_frechet_distance(self.features(images_a), self.features(images_b))
 
 
+def repeat_rate(captions: Sequence[str]) -> float:
+    """% of captions with a word straight after itself ("a a red circle"): the degenerate output of masked
+    text decoding (Sec. 3.2) that a well-trained length head and Mask-Predict should not produce."""
+    def repeats(text: str) -> bool:
+        words = text.lower().split()
+        return any(a == b for a, b in zip(words, words[1:]))
+
+    return 100.0 * sum(map(repeats, captions)) / max(len(captions), 1)
+
+
 # ---------------------------------------------------------------- CLIP score
 
 

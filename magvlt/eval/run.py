@@ -22,7 +22,8 @@ from magvlt.data.pairs import iter_pairs
 from magvlt.data.shapes import iter_split, phrasings
 from magvlt.errors import UserError
 from magvlt.eval.judge import judge_captions, judge_images, parse_caption
-from magvlt.eval.metrics import INCEPTION_SCORE_UNAVAILABLE, FID, CaptionMetrics, as_uint8, clip_score, coco_references
+from magvlt.eval.metrics import (INCEPTION_SCORE_UNAVAILABLE, FID, CaptionMetrics, as_uint8, clip_score, coco_references,
+                                 repeat_rate)
 from magvlt.pipeline import fit_image
 
 TASKS = ("t2i", "i2t", "inpaint", "infill")
@@ -134,7 +135,7 @@ class _Run:
         return out
 
     def _text_metrics(self, captions: list[str]) -> dict:
-        out = self.captions(captions, self.data.references)
+        out = {**self.captions(captions, self.data.references), "repeats": repeat_rate(captions)}
         if self.data.shapes:
             out["judge"] = judge_captions(captions, self.data.captions)
         return out
@@ -226,7 +227,7 @@ JUDGE_COLUMNS = (("exact", "judge exact"), ("size", "size"), ("color", "color"),
                  ("position", "position"))
 IMAGE_COLUMNS = (("fid", "FID"), ("clip_score", "CLIP score"), ("generate_seconds", "generation (s)"))
 TEXT_COLUMNS = (("bleu4", "BLEU-4"), ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"), ("cider", "CIDEr"),
-                ("spice", "SPICE"), ("generate_seconds", "generation (s)"))
+                ("spice", "SPICE"), ("repeats", "repeats (%)"), ("generate_seconds", "generation (s)"))
 
 
 def _cell(value) -> str:
@@ -267,7 +268,8 @@ def markdown(results: dict) -> str:
     if results.get("fid_features"):
         notes.append(f"FID features: {results['fid_features']}.")
     if text_tasks:
-        notes.append("Caption metrics: pycocoevalcap after PTB tokenization, x100 as in the paper.")
+        notes.append("Caption metrics: pycocoevalcap after PTB tokenization, x100 as in the paper; repeats: % of "
+                     "captions with a word straight after itself.")
     if rerank["by"] == "contrastive scorer" and any(results[t].get("clip_score") is not None for t in image_tasks):
         notes.append("The CLIP score uses the contrastive model that reranked, so reranking raises it by construction.")
     for key, name in (("fid", "FID"), ("inception_score", "Inception Score"), ("clip_score", "CLIP score"),
