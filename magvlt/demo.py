@@ -65,9 +65,10 @@ class Stages:
         return path
 
 
-def demo_train_config(cfg: DemoConfig, steps: int) -> TrainConfig:
-    """The tiny preset with the paper's 8:1:1 tasks, UnrollMask and MixSel, sized to the time budget."""
-    train = preset(TRAIN_PRESETS, "tiny")
+def demo_train_config(cfg: DemoConfig, steps: int, name: str = "tiny") -> TrainConfig:
+    """A CPU preset ("tiny", or "tiny-ar" for ARGVLT) with the paper's 8:1:1 tasks, UnrollMask and MixSel, at the
+    demo's width, batch and learning rate, sized to the time budget."""
+    train = preset(TRAIN_PRESETS, name)
     train.steps, train.seed, train.batch_size, train.lr = steps, cfg.seed, cfg.batch_size, cfg.lr
     train.model.text_len, train.model.n_embd = cfg.text_len, cfg.width
     # with the small caption BPE, dropout inflates lengths ~28% and the length head learns a noisy target,

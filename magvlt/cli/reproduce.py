@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(--quick: minutes). Reuses the demo's tokenizers (built if missing).")
     p.add_argument("--out", type=Path, default=Path("runs/reproduce"))
     p.add_argument("--demo-dir", type=Path, default=Path("runs/demo"), help="where the demo's tokenizers live")
-    p.add_argument("--steps", type=int, help="updates per run (default 500; --quick 60)")
+    p.add_argument("--steps", type=int, help="updates per run (default 250; --quick 30)")
     p.add_argument("--seeds", type=int, default=2, help="seeds per configuration (default 2)")
     p.add_argument("--quick", action="store_true", help="a small grid that runs in minutes")
     p.set_defaults(func=run)

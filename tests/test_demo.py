@@ -1,0 +1,55 @@
+"""`magvlt demo` end to end at toy sizes (every stage, the files it promises, the cache) and the reproduce tables."""
+import json
+
+import pytest
+
+from magvlt.config import TRAIN_PRESETS, preset
+from magvlt.demo import DemoConfig, demo_train_config, run_demo
+from magvlt.reproduce import TABLES, GridConfig, Run, tables
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_writes_its_outputs_and_reuses_the_cache(tmp_path, capsys):
+    cfg = DemoConfig(out=tmp_path / "demo", minutes=0.05, vq_minutes=0.05, clip_minutes=0.05, n_train=256, n_eval=3,
+                     progress=False)
+    metrics = run_demo(cfg)
+
+    out = cfg.out
+    for name in ("samples.png", "refinement.gif", "loss.png"):
+        assert (out / name).read_bytes()[:3] in (b"\x89PN", b"GIF"), name
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    for split in ("val", "novel"):
+        for task in ("t2i", "i2t", "inpaint", "infill"):
+            assert metrics[split][task]["judge"]["n"] == 3
+        assert 0 <= metrics[split]["i2t"]["repeats"] <= 100
+    assert metrics["train"]["step"] >= 1
+    first = capsys.readouterr().out
+    assert "steps fit in" in first and "T2I exact" in first
+
+    weights = (out / "model" / "model.safetensors").stat().st_mtime_ns
+    run_demo(cfg)
+    second = capsys.readouterr().out
+    assert second.count(": cached in") == 8 and "steps fit in" not in second  # 3 splits, BPE, VQ, tokens, scorer, model
+    assert (out / "model" / "model.safetensors").stat().st_mtime_ns == weights
+
+
+def test_demo_training_config_is_the_paper_recipe_at_the_demo_size():
+    demo = DemoConfig()
+    cfg = demo_train_config(demo, 300)
+    assert cfg.objective == preset(TRAIN_PRESETS, "tiny").objective  # 8:1:1, UnrollMask, MixSel
+    assert cfg.objective.task_weights == (8.0, 1.0, 1.0) and cfg.objective.unroll_mask and cfg.objective.mix == "mixsel"
+    assert (cfg.steps, cfg.batch_size, cfg.lr, cfg.model.n_embd, cfg.model.text_len) == (300, demo.batch_size, demo.lr,
+                                                                                          demo.width, demo.text_len)
+    assert cfg.bpe_dropout == 0.0 and cfg.max_minutes == pytest.approx(demo.minutes * 1.15)
+    assert demo_train_config(demo, 300, "tiny-ar").model.causal
+
+
+def test_reproduce_tables_show_mean_and_spread_over_seeds():
+    grid = GridConfig(steps=7, seeds=(0, 1))
+    results = {f"{Run('tiny').key}#{s}#7": {"t2i": t, "i2t": 50.0, "cider": 10.0, "invalid": 0.0, "t2i_ms": 1.5}
+               for s, t in ((0, 40.0), (1, 60.0))}
+    text = tables(results, grid)
+    assert "7 updates x batch 32 per run, seeds [0, 1]" in text
+    assert "| MAGVLT | 50.0 ± 14.1 | 50.0 ± 0.0 | 10.0 ± 0.0 | 0.0 ± 0.0 | 1.50 ± 0.00 |" in text
+    assert "| ARGVLT |" not in text  # runs without results are left out
+    assert all(title in text for title in TABLES)
