@@ -75,7 +75,8 @@ def train_run(run: Run, seed: int, grid: GridConfig, data: dict[str, Path]) -> P
     from magvlt.train import rundir
     from magvlt.train.loop import train
 
-    out = grid.out / "runs" / f"{run.key.replace('|', '_').replace('=', '-').replace('.', '-')}_seed{seed}"
+    name = run.key.replace('|', '_').replace('=', '-').replace('.', '-')
+    out = grid.out / "runs" / f"{name}_seed{seed}_steps{grid.steps}"  # a --quick run is never reused as a full one
     if (out / rundir.CONFIG).exists() and rundir.has_checkpoint(out):
         return out
     cfg = apply_overrides(demo_train_config(grid.demo, grid.steps, run.preset), list(run.overrides))
