@@ -57,7 +57,7 @@ class GridConfig:
 
     out: Path = Path("runs/reproduce")
     demo: DemoConfig = field(default_factory=DemoConfig)  # where the shared tokenizers are built or reused
-    steps: int = 250  # measured ~0.7 s per update at the demo's width and batch: 22 runs x (~3 min + judging)
+    steps: int = 250  # measured: ~3.3 min a run with its judging, ~75 min for the 22 runs
     seeds: tuple[int, ...] = (0, 1)
     n_eval: int = 200
     bias: float = 0.8
