@@ -16,9 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from magvlt.checkpoint import atomic_write_text
 from magvlt.config import TRAIN_PRESETS, VQ_PRESETS, TrainConfig, preset
-from magvlt.text import load_text_tokenizer
 
 
 @dataclass
@@ -109,7 +107,7 @@ def prepare(cfg: DemoConfig) -> Prepared:
     """Build (or reuse) the shapes-world pairs, the caption BPE, the VQ-GAN, the shards and the scorer."""
     from magvlt.data.pairs import load_pairs, write_pairs
     from magvlt.data.shapes import render_split
-    from magvlt.text import CaptionBPE
+    from magvlt.text import CaptionBPE, load_text_tokenizer
     from magvlt.train.clip import train_clip
     from magvlt.train.vq import train_vq
 
@@ -136,6 +134,7 @@ def prepare(cfg: DemoConfig) -> Prepared:
 def tokenize(images: np.ndarray, captions: list[str], text: Path, vq: Path, out: Path, progress: bool) -> Path:
     """Pre-tokenized shards of in-memory pairs with the tokenizers saved in `text` and `vq`."""
     from magvlt.data.tokenize import tokenize_pairs
+    from magvlt.text import load_text_tokenizer
     from magvlt.vq import load_vq
 
     return tokenize_pairs(images, captions, load_vq(vq), load_text_tokenizer(text), out, vq_dir=vq.resolve(),
@@ -159,6 +158,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 def evaluate_and_draw(cfg: DemoConfig, out: Path, model_dir: Path, scorer_dir: Path) -> dict:
     """Judge-based evaluation on val and novel, then the pictures a person looks at first."""
+    from magvlt.checkpoint import atomic_write_text
     from magvlt.eval.run import evaluate, markdown
     from magvlt.pipeline import MAGVLT
 
