@@ -1,7 +1,7 @@
 """Train the tiny VQ-GAN on shapes-world and measure it: PSNR, codebook usage, and how many val scenes the
 shapes-world judge still reads back from decode(encode(x)), at full size and squeezed to half width/height.
 
-    .venv/bin/python benchmarks/vq_train.py --minutes 6 --threads 2 [--out runs/vq] [KEY=VALUE ...]
+    .venv/bin/python benchmarks/vq_train.py --minutes 6 --threads 2 [--preset tiny-patch] [--out runs/vq] [KEY=VALUE ...]
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def squeeze(images: np.ndarray, axis: str) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny", choices=[n for n in VQ_PRESETS if n.startswith("tiny")])
     parser.add_argument("--minutes", type=float, default=6.0)
     parser.add_argument("--steps", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -41,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfg = apply_overrides(preset(VQ_PRESETS, "tiny"), args.overrides)
+    cfg = apply_overrides(preset(VQ_PRESETS, args.preset), args.overrides)
     train, _ = render_split("train", args.n_train, args.seed, cfg.resolution)
     val, captions = render_split("val", args.n_val, args.seed, cfg.resolution)
     t0 = time.perf_counter()
@@ -52,7 +53,7 @@ def main() -> None:
     stats["judge_reconstructed"] = judge_images(model.decode(model.encode(val)).numpy(), captions)["exact"]
     for axis in ("w", "h"):
         stats[f"psnr_half_{axis}"] = evaluate(model, squeeze(val, axis))["psnr"]
-    print(json.dumps({"threads": args.threads, "batch_size": args.batch_size, "lr": args.lr,
+    print(json.dumps({"preset": args.preset, "threads": args.threads, "batch_size": args.batch_size, "lr": args.lr,
                       "overrides": args.overrides, **stats}, indent=2))
 
 

@@ -1,4 +1,5 @@
 """The image tokenizer: taming checkpoint format, encode/decode contracts, bad input, save/load, training."""
+import dataclasses
 import json
 
 import numpy as np
@@ -31,9 +32,9 @@ TAMING_F16_SAMPLE = {
 }
 
 
-def tiny() -> VQGAN:
+def tiny(name: str = "tiny") -> VQGAN:
     torch.manual_seed(0)
-    return VQGAN(preset(VQ_PRESETS, "tiny")).eval()
+    return VQGAN(preset(VQ_PRESETS, name)).eval()
 
 
 def rgb(n: int, h: int = 32, w: int = 32, seed: int = 0) -> np.ndarray:
@@ -116,6 +117,34 @@ def test_encode_decode_shapes_for_uint8_float_and_non_square_inputs():
     assert model.encode(rgb(2, 16, 32)).shape == (2, 4, 8)
 
 
+@pytest.mark.parametrize("name", ["tiny", "tiny-patch"])
+def test_both_architectures_tokenize_any_grid(name):
+    model = tiny(name)
+    codes = model.encode(rgb(2, 32, 16))
+    assert codes.shape == (2, 8, 4) and model.decode(codes).shape == (2, 32, 16, 3)
+
+
+def test_patch_tokenizer_codes_and_draws_each_patch_on_its_own():
+    model = tiny("tiny-patch")  # untrained: locality is a property of the architecture, not of training
+    images = rgb(2)
+    images[1, :16] = images[0, :16]  # the top halves are equal, the bottom halves differ
+    images[0, 20:24, 8:12] = images[0, 4:8, 28:32]  # one patch copied to another place
+    codes = model.encode(images)
+    assert torch.equal(codes[0, :4], codes[1, :4]) and codes[0, 5, 2] == codes[0, 1, 7]
+    changed = images.copy()
+    changed[0, 12:16, 12:16] = 0  # one patch blacked out
+    after = model.encode(changed)
+    keep = torch.ones(8, 8, dtype=torch.bool)
+    keep[3, 3] = False
+    assert torch.equal(after[0][keep], codes[0][keep]) and after[0, 3, 3] != codes[0, 3, 3]
+    recoded = codes.clone()
+    recoded[0, 3, 3] = (codes[0, 3, 3] + 1) % model.cfg.n_embed
+    pixels, drawn = model.decode_float(codes)[0], model.decode_float(recoded)[0]
+    outside = torch.ones(32, 32, dtype=torch.bool)
+    outside[12:16, 12:16] = False
+    assert torch.equal(pixels[:, outside], drawn[:, outside]) and not torch.equal(pixels, drawn)
+
+
 def test_pixel_formats_convert_as_documented():
     gray = np.arange(32 * 32, dtype=np.uint16).reshape(32, 32).astype(np.uint8)
     assert np.array_equal(to_rgb_uint8(gray), np.repeat(gray[..., None], 3, -1))
@@ -151,6 +180,8 @@ def test_bad_input_raises_user_errors():
         model.decode(torch.zeros(1, 32, dtype=torch.long))
     with pytest.raises(UserError, match="multiple of 32"):
         VQGAN(VQConfig(ch=48))
+    with pytest.raises(UserError, match="'taming' or 'patch'"):
+        VQGAN(VQConfig(arch="vit"))
 
 
 def test_save_load_round_trip_gives_identical_tokens(tmp_path):
@@ -173,7 +204,7 @@ def test_load_vq_refuses_other_models(tmp_path):
     save_weights(tmp_path / "model.safetensors", {"tok_emb.weight": torch.zeros(2, 2)})
     with pytest.raises(UserError, match="does not hold a VQ-GAN config"):
         load_vq(tmp_path)
-    save_json(VQConfig(n_embed=1024), tmp_path / "config.json")
+    save_json(dataclasses.replace(tiny().cfg, n_embed=1024), tmp_path / "config.json")
     save_weights(tmp_path / "model.safetensors", tiny().state_dict())
     with pytest.raises(UserError, match=r"quantize\.embedding\.weight"):
         load_vq(tmp_path)

@@ -17,7 +17,7 @@ def register(subparsers) -> None:
     train.add_argument("--out", type=Path, required=True, help="directory to save config.json and model.safetensors in")
     train.add_argument("--minutes", type=float, default=6.0, help="wall-clock training budget")
     train.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: only the time budget)")
-    train.add_argument("--config", default="tiny", help="VQ preset: tiny (32x32 -> 8x8, 512 codes) or f16_16384")
+    train.add_argument("--config", default="tiny", help="VQ preset: tiny (32x32 -> 8x8, 512 codes), tiny-patch (each 4x4 patch coded on its own, 1,024 codes) or f16_16384")
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--seed", type=int, default=0)

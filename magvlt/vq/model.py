@@ -167,6 +167,49 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
+class PatchMLP(nn.Module):
+    """Residual 1x1-conv blocks: every position of a feature map transformed on its own."""
+
+    def __init__(self, channels: int, depth: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Conv2d(channels, channels, 1), nn.SiLU(),
+                                                  nn.Conv2d(channels, channels, 1)) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = x + block(x)
+        return x
+
+
+class PatchEncoder(nn.Module):
+    """Image -> latents where each f x f patch is encoded on its own: equal patches get equal codes, so the
+    background of every scene is one token and a token's meaning never depends on its neighbours."""
+
+    def __init__(self, cfg: VQConfig, factor: int):
+        super().__init__()
+        width = cfg.ch * cfg.ch_mult[-1]
+        self.conv_in = nn.Conv2d(cfg.in_channels, width, factor, stride=factor)
+        self.mlp = PatchMLP(width, cfg.num_res_blocks)
+        self.conv_out = nn.Conv2d(width, cfg.z_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(F.silu(self.mlp(self.conv_in(x))))
+
+
+class PatchDecoder(nn.Module):
+    """Latents -> image, each token drawn as its own f x f patch (the mirror of `PatchEncoder`)."""
+
+    def __init__(self, cfg: VQConfig, factor: int):
+        super().__init__()
+        width, self.factor = cfg.ch * cfg.ch_mult[-1], factor
+        self.conv_in = nn.Conv2d(cfg.z_channels, width, 1)
+        self.mlp = PatchMLP(width, cfg.num_res_blocks)
+        self.conv_out = nn.Conv2d(width, cfg.in_channels * factor**2, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(self.conv_out(F.silu(self.mlp(self.conv_in(z)))), self.factor)
+
+
 class VectorQuantizer(nn.Module):
     """Nearest-neighbour vector quantization onto the codebook `embedding` (van den Oord et al. 2017)."""
 
@@ -200,11 +243,15 @@ class VQGAN(nn.Module):
 
     def __init__(self, cfg: VQConfig):
         super().__init__()
+        if cfg.arch not in ("taming", "patch"):
+            raise UserError(f"VQConfig.arch must be 'taming' or 'patch', got {cfg.arch!r}")
         if any(cfg.ch * m % 32 or m < 1 for m in (1, *cfg.ch_mult)):
             raise UserError(f"VQConfig: every width ch * ch_mult must be a positive multiple of 32 (GroupNorm(32)), got ch={cfg.ch}, ch_mult={cfg.ch_mult}")
         self.cfg = cfg
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
+        if cfg.arch == "taming":
+            self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
+        else:
+            self.encoder, self.decoder = PatchEncoder(cfg, self.factor), PatchDecoder(cfg, self.factor)
         self.quantize = VectorQuantizer(cfg.n_embed, cfg.embed_dim)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
