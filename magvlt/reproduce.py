@@ -7,6 +7,7 @@ number of updates on the same global batch with the demo's tokenizers; results a
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import statistics
@@ -70,13 +71,21 @@ def quick(cfg: GridConfig) -> GridConfig:
     return cfg
 
 
-def train_run(run: Run, seed: int, grid: GridConfig, data: dict[str, Path]) -> Path:
+def tokenizer_id(*dirs: Path) -> str:
+    """A short hash of the tokenizers' files: runs and results made with other tokenizers are never reused."""
+    digest = hashlib.sha1()
+    for path in sorted(p for d in dirs for p in Path(d).rglob("*") if p.is_file() and p.name != ".done"):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:8]
+
+
+def train_run(run: Run, seed: int, grid: GridConfig, data: dict[str, Path], tok: str) -> Path:
     """Train one configuration with one seed (cached in its own run directory)."""
     from magvlt.train import rundir
     from magvlt.train.loop import train
 
     name = run.key.replace('|', '_').replace('=', '-').replace('.', '-')
-    out = grid.out / "runs" / f"{name}_seed{seed}_steps{grid.steps}"  # a --quick run is never reused as a full one
+    out = grid.out / "runs" / f"{name}_seed{seed}_steps{grid.steps}_tok{tok}"  # never reuse a --quick run as a full one
     if (out / rundir.CONFIG).exists() and rundir.has_checkpoint(out):
         return out
     cfg = apply_overrides(demo_train_config(grid.demo, grid.steps, run.preset), list(run.overrides))
@@ -114,9 +123,11 @@ def run_grid(grid: GridConfig) -> str:
     from magvlt.eval.metrics import CaptionMetrics
 
     prep = prepare(grid.demo)
+    tok = tokenizer_id(prep.text, prep.vq)
     images, captions = render_split("train", grid.demo.n_train, grid.demo.seed, grid.demo.size, bias=grid.bias)
-    biased = prep.stage(f"biased training split (bias {grid.bias})", grid.out / "tokens-biased",
-                        lambda: tokenize(images, captions, prep.text, prep.vq, grid.out / "tokens-biased", grid.progress))
+    biased_dir = grid.out / f"tokens-biased-tok{tok}"
+    biased = prep.stage(f"biased training split (bias {grid.bias})", biased_dir,
+                        lambda: tokenize(images, captions, prep.text, prep.vq, biased_dir, grid.progress))
     data = {"uniform": prep.tokens, "biased": biased}
     results_path = grid.out / "results.jsonl"
     results = _read_results(results_path)
@@ -124,15 +135,15 @@ def run_grid(grid: GridConfig) -> str:
     with CaptionMetrics() as caption_metrics:
         for run in runs:
             for seed in grid.seeds:
-                key = f"{run.key}#{seed}#{grid.steps}"
+                key = f"{run.key}#{seed}#{grid.steps}#{tok}"
                 if key in results:
                     continue
                 print(f"[reproduce] {run.key} seed {seed}", flush=True)
-                run_dir = train_run(run, seed, grid, data)
+                run_dir = train_run(run, seed, grid, data, tok)
                 results[key] = measure(run_dir, run.split, grid.n_eval, seed, caption_metrics)
                 with open(results_path, "a") as f:
                     f.write(json.dumps({"key": key, **results[key]}) + "\n")
-    report = tables(results, grid)
+    report = tables(results, grid, tok)
     atomic_write_text(grid.out / "tables.md", report)
     return report
 
@@ -150,15 +161,16 @@ def _cell(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
 
-def tables(results: dict[str, dict], grid: GridConfig) -> str:
-    """Markdown tables in the form of the paper's: judge accuracy (%), CIDEr and T2I decode time, mean ± std."""
+def tables(results: dict[str, dict], grid: GridConfig, tok: str) -> str:
+    """Markdown tables in the form of the paper's: judge accuracy (%), CIDEr and T2I decode time, mean ± std,
+    of the runs made with the tokenizers `tok` (see `tokenizer_id`)."""
     lines = [f"{grid.steps} updates x batch {grid.demo.batch_size} per run, seeds {list(grid.seeds)}, "
              f"{grid.n_eval} judged samples per run.\n"]
     for title, rows in TABLES.items():
         lines += [f"#### {title}", "", "| run | T2I judge exact (%) | I2T judge exact (%) | I2T CIDEr | "
                   "I2T outside grammar (%) | T2I decode (ms/image) |", "|---|---|---|---|---|---|"]
         for name, run in rows:
-            got = [results[k] for k in (f"{run.key}#{s}#{grid.steps}" for s in grid.seeds) if k in results]
+            got = [results[k] for k in (f"{run.key}#{s}#{grid.steps}#{tok}" for s in grid.seeds) if k in results]
             if not got:
                 continue
             col = lambda key, scale=1.0, digits=1: _cell([g[key] for g in got], scale, digits)  # noqa: E731

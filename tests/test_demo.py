@@ -5,7 +5,7 @@ import pytest
 
 from magvlt.config import TRAIN_PRESETS, preset
 from magvlt.demo import DemoConfig, demo_train_config, run_demo
-from magvlt.reproduce import TABLES, GridConfig, Run, tables
+from magvlt.reproduce import TABLES, GridConfig, Run, tables, tokenizer_id
 
 
 @pytest.mark.slow
@@ -46,10 +46,21 @@ def test_demo_training_config_is_the_paper_recipe_at_the_demo_size():
 
 def test_reproduce_tables_show_mean_and_spread_over_seeds():
     grid = GridConfig(steps=7, seeds=(0, 1))
-    results = {f"{Run('tiny').key}#{s}#7": {"t2i": t, "i2t": 50.0, "cider": 10.0, "invalid": 0.0, "t2i_ms": 1.5}
-               for s, t in ((0, 40.0), (1, 60.0))}
-    text = tables(results, grid)
+    results = {f"{Run('tiny').key}#{s}#7#{tok}": {"t2i": t, "i2t": 50.0, "cider": 10.0, "invalid": 0.0, "t2i_ms": 1.5}
+               for s, t, tok in ((0, 40.0, "aa"), (1, 60.0, "aa"), (1, 99.0, "bb"))}
+    text = tables(results, grid, "aa")  # the run made with other tokenizers ("bb") is left out
     assert "7 updates x batch 32 per run, seeds [0, 1]" in text
     assert "| MAGVLT | 50.0 ± 14.1 | 50.0 ± 0.0 | 10.0 ± 0.0 | 0.0 ± 0.0 | 1.50 ± 0.00 |" in text
     assert "| ARGVLT |" not in text  # runs without results are left out
     assert all(title in text for title in TABLES)
+
+
+def test_tokenizer_id_changes_with_the_tokenizer_files(tmp_path):
+    (tmp_path / "vq").mkdir()
+    (tmp_path / "vq" / "model.safetensors").write_bytes(b"one")
+    (tmp_path / "vq" / ".done").write_text("3.0")
+    first = tokenizer_id(tmp_path / "vq")
+    (tmp_path / "vq" / ".done").write_text("4.0")  # the stage's timing is not part of the tokenizer
+    assert tokenizer_id(tmp_path / "vq") == first
+    (tmp_path / "vq" / "model.safetensors").write_bytes(b"two")
+    assert tokenizer_id(tmp_path / "vq") != first
