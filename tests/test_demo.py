@@ -11,7 +11,7 @@ from magvlt.reproduce import TABLES, GridConfig, Run, tables, tokenizer_id
 @pytest.mark.slow
 def test_demo_runs_every_stage_writes_its_outputs_and_reuses_the_cache(tmp_path, capsys):
     cfg = DemoConfig(out=tmp_path / "demo", minutes=0.05, vq_minutes=0.05, clip_minutes=0.05, n_train=256, n_eval=3,
-                     progress=False)
+                     candidates=2, progress=False)
     metrics = run_demo(cfg)
 
     out = cfg.out
@@ -22,15 +22,24 @@ def test_demo_runs_every_stage_writes_its_outputs_and_reuses_the_cache(tmp_path,
         for task in ("t2i", "i2t", "inpaint", "infill"):
             assert metrics[split][task]["judge"]["n"] == 3
         assert 0 <= metrics[split]["i2t"]["repeats"] <= 100
+        assert metrics[split]["rerank"] == {"candidates": 2, "by": "contrastive scorer"}
     assert metrics["train"]["step"] >= 1
     first = capsys.readouterr().out
-    assert "steps fit in" in first and "T2I exact" in first
+    assert "steps fit in" in first and "T2I exact" in first and "best of 2 by the contrastive scorer" in first
 
     weights = (out / "model" / "model.safetensors").stat().st_mtime_ns
     run_demo(cfg)
     second = capsys.readouterr().out
     assert second.count(": cached in") == 8 and "steps fit in" not in second  # 3 splits, BPE, VQ, tokens, scorer, model
     assert (out / "model" / "model.safetensors").stat().st_mtime_ns == weights
+
+
+@pytest.mark.parametrize("argv", [["--candidates", "0"], ["--temperature", "-1"], ["--minutes", "0"]])
+def test_demo_cli_refuses_bad_options_with_exit_code_2(argv, tmp_path):
+    from magvlt.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "demo"), *argv]) == 2
+    assert not (tmp_path / "demo").exists()
 
 
 def test_demo_training_config_is_the_paper_recipe_at_the_demo_size():

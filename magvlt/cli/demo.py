@@ -19,6 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"training time of the reranking scorer (default {d.clip_minutes:g})")
     p.add_argument("--n-train", type=int, default=d.n_train, help=f"training pairs (default {d.n_train})")
     p.add_argument("--n-eval", type=int, default=d.n_eval, help=f"pairs per evaluation split (default {d.n_eval})")
+    p.add_argument("--candidates", type=int, default=d.candidates,
+                   help=f"samples per input in the evaluation, the contrastive scorer keeps the best (default {d.candidates}; 1: no reranking)")
+    p.add_argument("--temperature", type=float, default=d.temperature,
+                   help=f"sampling temperature of the evaluation (default {d.temperature:g})")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--fresh", action="store_true", help="rebuild every stage instead of reusing the cache")
     p.set_defaults(func=run)
@@ -30,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
 
     if min(args.minutes, args.vq_minutes, args.clip_minutes) <= 0 or args.n_train < 256 or args.n_eval < 2:
         raise UserError("minutes must be positive, --n-train >= 256 and --n-eval >= 2")
+    if args.candidates < 1 or args.temperature < 0:
+        raise UserError("--candidates must be >= 1 and --temperature >= 0")
     run_demo(DemoConfig(out=args.out, minutes=args.minutes, vq_minutes=args.vq_minutes, clip_minutes=args.clip_minutes,
-                        n_train=args.n_train, n_eval=args.n_eval, seed=args.seed, fresh=args.fresh))
+                        n_train=args.n_train, n_eval=args.n_eval, candidates=args.candidates,
+                        temperature=args.temperature, seed=args.seed, fresh=args.fresh))
     return 0
