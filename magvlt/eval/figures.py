@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 TILE = 128  # pixels per image side; shapes-world images are upscaled without smoothing
 CHARS_PER_LINE = 21
 LINE_HEIGHT = 12
-TEXT_LINES = 5
+TEXT_LINES = 8  # the infilling tiles show the masked caption and the filled one
 LABEL_WIDTH = 120
 PAD = 6
 
