@@ -1,7 +1,9 @@
 """The taming-transformers VQ-GAN (Esser et al. 2021) that turns an image into a grid of codes (paper Sec. 3.1).
 
 Module and parameter names follow taming's `Encoder`, `Decoder` and `VectorQuantizer2` so that its public
-checkpoints load strictly. Images enter as uint8 RGB [B, H, W, 3] or float [B, 3, H, W] in [-1, 1].
+checkpoints load strictly. `VQConfig.arch = "patch"` swaps in an encoder and decoder that see one f x f patch
+at a time (same quantizer, training and helpers). Images enter as uint8 RGB [B, H, W, 3] or float [B, 3, H, W]
+in [-1, 1].
 """
 from __future__ import annotations
 
