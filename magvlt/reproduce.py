@@ -79,6 +79,11 @@ def tokenizer_id(*dirs: Path) -> str:
     return digest.hexdigest()[:8]
 
 
+def result_key(run: Run, seed: int, steps: int, tok: str) -> str:
+    """Where results.jsonl keeps one run's measurements: configuration, seed, updates and tokenizers."""
+    return f"{run.key}#{seed}#{steps}#{tok}"
+
+
 def train_run(run: Run, seed: int, grid: GridConfig, data: dict[str, Path], tok: str) -> Path:
     """Train one configuration with one seed (cached in its own run directory)."""
     from magvlt.train import rundir
@@ -135,7 +140,7 @@ def run_grid(grid: GridConfig) -> str:
     with CaptionMetrics() as caption_metrics:
         for run in runs:
             for seed in grid.seeds:
-                key = f"{run.key}#{seed}#{grid.steps}#{tok}"
+                key = result_key(run, seed, grid.steps, tok)
                 if key in results:
                     continue
                 print(f"[reproduce] {run.key} seed {seed}", flush=True)
@@ -170,7 +175,7 @@ def tables(results: dict[str, dict], grid: GridConfig, tok: str) -> str:
         lines += [f"#### {title}", "", "| run | T2I judge exact (%) | I2T judge exact (%) | I2T CIDEr | "
                   "I2T outside grammar (%) | T2I decode (ms/image) |", "|---|---|---|---|---|---|"]
         for name, run in rows:
-            got = [results[k] for k in (f"{run.key}#{s}#{grid.steps}#{tok}" for s in grid.seeds) if k in results]
+            got = [results[k] for k in (result_key(run, s, grid.steps, tok) for s in grid.seeds) if k in results]
             if not got:
                 continue
             col = lambda key, scale=1.0, digits=1: _cell([g[key] for g in got], scale, digits)  # noqa: E731
