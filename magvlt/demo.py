@@ -165,14 +165,14 @@ def run_demo(cfg: DemoConfig) -> dict:
 def evaluate_and_draw(cfg: DemoConfig, out: Path, model_dir: Path, scorer_dir: Path) -> dict:
     """Judge-based evaluation on val and novel, then the pictures a person looks at first."""
     from magvlt.checkpoint import atomic_write_text
-    from magvlt.eval.run import TASKS, evaluate, markdown
+    from magvlt.eval.run import evaluate, markdown
     from magvlt.pipeline import MAGVLT
 
     pipe = MAGVLT.load(model_dir, scorer=scorer_dir)
     metrics = {"train": _train_summary(model_dir)}
     for split in ("val", "novel"):
         print(f"[demo] evaluating on {split} ...", flush=True)
-        metrics[split] = evaluate(pipe, f"shapes:{split}:{cfg.n_eval}", TASKS, n=cfg.n_eval, seed=cfg.seed,
+        metrics[split] = evaluate(pipe, f"shapes:{split}:{cfg.n_eval}", n=cfg.n_eval, seed=cfg.seed,
                                   rerank_candidates=cfg.candidates, options=sampling_options(cfg),
                                   fid=None)  # FID: `magvlt eval` (CPU Inception is slow)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -185,7 +185,7 @@ def evaluate_and_draw(cfg: DemoConfig, out: Path, model_dir: Path, scorer_dir: P
 
 
 def sampling_options(cfg: DemoConfig) -> dict[str, dict]:
-    """Per-task sampling options of the demo's evaluation and samples: temperature `cfg.temperature` everywhere."""
+    """Per-task sampling options of the demo's evaluation: temperature `cfg.temperature` for every task."""
     from magvlt.eval.run import TASKS
 
     return {task: {"temperature": cfg.temperature} for task in TASKS}
@@ -221,14 +221,14 @@ def draw_samples(pipe, path: Path, cfg: DemoConfig, n: int = 6) -> None:
     from magvlt.data.shapes import render_split
     from magvlt.eval.figures import Tile, grid
 
-    seed, opts, k = cfg.seed, sampling_options(cfg), cfg.candidates
+    seed, sample = cfg.seed, {"seed": cfg.seed, "candidates": cfg.candidates, "temperature": cfg.temperature}
     images, captions = render_split("val", n, seed=seed + 1, size=pipe.image_size[0])
-    generated = pipe.generate_images(captions, seed=seed, candidates=k, **opts["t2i"])
-    written = pipe.caption(images, seed=seed, candidates=k, **opts["i2t"])
+    generated = pipe.generate_images(captions, **sample)
+    written = pipe.caption(images, **sample)
     holed = _with_hole(images)
-    inpainted = pipe.inpaint(images, None, captions, seed=seed, candidates=k, **opts["inpaint"])
+    inpainted = pipe.inpaint(images, None, captions, **sample)
     masked_text = [_mask_middle(c) for c in captions]
-    infilled = pipe.infill(masked_text, images, seed=seed, candidates=k, **opts["infill"])
+    infilled = pipe.infill(masked_text, images, **sample)
     pairs = pipe.generate_pairs(n, seed=seed)
     rows = {
         "text -> image": [Tile(g, c) for g, c in zip(generated, captions)],
