@@ -167,7 +167,7 @@ class MAGVLT:
         if self.scorer is not None:
             pixels = pixels if pixels is not None else self.decode_images(sample)
             captions = captions if captions is not None else self.decode_text(sample)
-            scores = self.scorer.score(pixels, captions).to(sample.score.device)
+            scores = self._scores(pixels, captions).to(sample.score.device)
         else:
             scores = sample.score
         rows = best_of(scores, n)
@@ -175,6 +175,14 @@ class MAGVLT:
         sample = sampling.select_rows(sample, rows)
         return (sample, None if pixels is None else pixels[picked],
                 None if captions is None else [captions[i] for i in picked.tolist()])
+
+    def _scores(self, pixels: np.ndarray, captions: list[str]) -> torch.Tensor:
+        """The scorer's similarities; an empty caption (a barely trained model writes some) is not scored and loses."""
+        written = [i for i, c in enumerate(captions) if c.strip()]
+        scores = torch.full((len(captions),), float("-inf"))
+        if written:
+            scores[written] = self.scorer.score(pixels[written], [captions[i] for i in written]).float().cpu()
+        return scores
 
     @staticmethod
     def _chunks(n: int, per_chunk: int):

@@ -89,6 +89,20 @@ def test_candidates_keep_the_best_by_scorer(pipe):
         assert np.array_equal(np.asarray(image), group[group[..., 0].mean(axis=(1, 2)).argmax()])
 
 
+def test_reranking_never_scores_or_keeps_an_empty_caption(pipe, images, monkeypatch):
+    class Length:
+        def score(self, images, captions):
+            assert all(c.strip() for c in captions), "the scorer's tokenizer refuses empty captions"
+            self.seen = list(captions)
+            return torch.tensor([float(len(c)) for c in captions])
+
+    written = ["", "a b", "", "", "", ""]  # image 0: one caption written among three; image 1: none
+    monkeypatch.setattr(pipe, "decode_text", lambda sample: list(written))
+    monkeypatch.setattr(pipe, "scorer", Length())
+    assert pipe.caption(images[:2], steps=2, candidates=3, temperature=1.0) == ["a b", ""]
+    assert pipe.scorer.seen == ["a b"]
+
+
 def test_inpainting_keeps_the_pixels_far_from_the_box(pipe, images):
     out = pipe.inpaint(images[:1], (0, 0, 8, 8), "a small red circle", steps=2)[0]
     original = np.asarray(images[0])
