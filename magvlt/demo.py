@@ -185,10 +185,14 @@ def evaluate_and_draw(cfg: DemoConfig, out: Path, model_dir: Path, scorer_dir: P
 
 
 def sampling_options(cfg: DemoConfig) -> dict[str, dict]:
-    """Per-task sampling options of the demo's evaluation: temperature `cfg.temperature` for every task."""
+    """Per-task sampling options of the demo's evaluation: temperature `cfg.temperature` for every task, and
+    I2T candidates whose lengths are sampled too (val I2T exact, best of 4 on the default 8-minute model: 21.0%
+    with the most likely length for every candidate, 27.0% with lengths sampled at temperature 1)."""
     from magvlt.eval.run import TASKS
 
-    return {task: {"temperature": cfg.temperature} for task in TASKS}
+    options = {task: {"temperature": cfg.temperature} for task in TASKS}
+    options["i2t"]["length_temperature"] = 1.0 if cfg.candidates > 1 else 0.0
+    return options
 
 
 def _train_summary(model_dir: Path) -> dict:
@@ -221,14 +225,15 @@ def draw_samples(pipe, path: Path, cfg: DemoConfig, n: int = 6) -> None:
     from magvlt.data.shapes import render_split
     from magvlt.eval.figures import Tile, grid
 
-    seed, sample = cfg.seed, {"seed": cfg.seed, "candidates": cfg.candidates, "temperature": cfg.temperature}
+    seed, options = cfg.seed, sampling_options(cfg)
+    sample = {task: {"seed": seed, "candidates": cfg.candidates, **options[task]} for task in options}
     images, captions = render_split("val", n, seed=seed + 1, size=pipe.image_size[0])
-    generated = pipe.generate_images(captions, **sample)
-    written = pipe.caption(images, **sample)
+    generated = pipe.generate_images(captions, **sample["t2i"])
+    written = pipe.caption(images, **sample["i2t"])
     holed = _with_hole(images)
-    inpainted = pipe.inpaint(images, None, captions, **sample)
+    inpainted = pipe.inpaint(images, None, captions, **sample["inpaint"])
     masked_text = [_mask_middle(c) for c in captions]
-    infilled = pipe.infill(masked_text, images, **sample)
+    infilled = pipe.infill(masked_text, images, **sample["infill"])
     pairs = pipe.generate_pairs(n, seed=seed)
     rows = {
         "text -> image": [Tile(g, c) for g, c in zip(generated, captions)],

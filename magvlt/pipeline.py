@@ -239,9 +239,9 @@ class MAGVLT:
             texts.append(" ".join(w for w in words if w))
         return texts
 
-    def caption(self, images, *, steps: int = 12, length_beam: int = 1, temperature: float = 0.0,
-                guidance: float = 0.0, top_k: int | None = None, top_p: float | None = None, candidates: int = 1,
-                seed: int = 0, batch_size: int = 32, trace: bool = False):
+    def caption(self, images, *, steps: int = 12, length_beam: int = 1, length_temperature: float = 0.0,
+                temperature: float = 0.0, guidance: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                candidates: int = 1, seed: int = 0, batch_size: int = 32, trace: bool = False):
         """I2T (Sec. 4.3) -> list of captions; with trace, (captions, frames) with frames[i] one string per step."""
         self._check_options(guidance)
         inputs, codes = self.prepare_images(images)
@@ -253,7 +253,8 @@ class MAGVLT:
                                                 top_k=top_k, top_p=top_p, generator=gen)
             else:
                 out = sampling.generate_text(self.model, image, steps=steps, length_beam=length_beam,
-                                             temperature=temperature, guidance=guidance, generator=gen, trace=trace)
+                                             length_temperature=length_temperature, temperature=temperature,
+                                             guidance=guidance, generator=gen, trace=trace)
             pixels = inputs[sl].repeat(candidates, axis=0)
             out, _, texts = self._best(out, candidates, pixels, self.decode_text(out))
             captions += texts

@@ -299,21 +299,36 @@ def inpaint(model: Transformer, image: torch.Tensor, mask: torch.Tensor, text: t
 
 
 @torch.no_grad()
-def predict_lengths(model: Transformer, image: torch.Tensor, k: int = 1) -> torch.Tensor:
-    """The k most likely text lengths [B, k] from <BOT>, the text fed all <MASK> as in training (Sec. 3.2)."""
+def length_logits(model: Transformer, image: torch.Tensor) -> torch.Tensor:
+    """Logits [B, L] over text lengths 1..L at <BOT>, the text fed all <MASK> as in training (Sec. 3.2)."""
     _check_magvlt(model)
     cfg = model.cfg
     tokens, position_ids, segs = magvlt_sequence(cfg, model.vocab.image(image), length_query_text(cfg, image.shape[0], image.device))
-    logits = model.length_logits(model(tokens, position_ids)[:, segs.bot])
-    return logits.topk(min(k, cfg.text_len), dim=-1).indices + 1
+    return model.length_logits(model(tokens, position_ids)[:, segs.bot]).float()
+
+
+def predict_lengths(model: Transformer, image: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """The k most likely text lengths [B, k] (Sec. 3.2)."""
+    return length_logits(model, image).topk(min(k, model.cfg.text_len), dim=-1).indices + 1
 
 
 def generate_text(model: Transformer, image: torch.Tensor, *, steps: int = 12, length_beam: int = 1,
-                  temperature: float = 0.0, generator: torch.Generator | None = None, **options) -> Sample:
+                  length_temperature: float = 0.0, temperature: float = 0.0, generator: torch.Generator | None = None,
+                  **options) -> Sample:
     """I2T (Sec. 3.2, 4.3): length first, then Mask-Predict; the top length_beam lengths are decoded as one
-    batch and the candidate with the best mean log-probability is kept (Mask-Predict's length beam)."""
+    batch and the candidate with the best mean log-probability is kept (Mask-Predict's length beam).
+
+    length_temperature > 0 samples each row's length from the <BOT> distribution at that temperature instead,
+    so that candidates drawn for reranking also differ in length (in object count, on shapes-world data).
+    """
+    if length_temperature < 0 or (length_temperature > 0 and length_beam != 1):
+        raise UserError("length_temperature must be >= 0, and a sampled length takes length_beam = 1")
     b, vocab, text_len = image.shape[0], model.vocab, model.cfg.text_len
-    lengths = predict_lengths(model, image, length_beam)
+    if length_temperature > 0:
+        generator = _rng(generator)
+        lengths = sample_logits(length_logits(model, image), length_temperature, generator).unsqueeze(1) + 1
+    else:
+        lengths = predict_lengths(model, image, length_beam)
     k = lengths.shape[1]
     text = torch.where(text_valid(lengths.flatten(), text_len), vocab.MASK, vocab.PAD)
     out = refine(model, vocab.image(image).repeat_interleave(k, dim=0), text, steps=steps, generate_image=False,

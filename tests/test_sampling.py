@@ -83,6 +83,20 @@ def test_i2t_length_beam_keeps_a_top_k_length_with_the_best_score():
         assert (alone.score <= out.score + 1e-5).all()
 
 
+def test_i2t_sampled_lengths_follow_the_length_distribution():
+    model, image = _model(), _image(b=1).repeat(400, 1)
+    with torch.no_grad():
+        model.length_head.bias.copy_(torch.tensor([-9.0] * (CFG.text_len - 3) + [0.0, 0.0, math.log(2)]))
+        model.length_head.weight.zero_()  # p(length 10) = p(11) = 1/4, p(12) = 1/2
+    out = sampling.generate_text(model, image, steps=2, length_temperature=1.0, generator=_gen(0))
+    counts = torch.bincount(out.length, minlength=CFG.text_len + 1)[10:]
+    assert counts.sum() == 400 and abs(counts[2] / 400 - 0.5) < 0.08 and abs(counts[0] / 400 - 0.25) < 0.07
+    cold = sampling.generate_text(model, image[:4], steps=2, length_temperature=1e-3, generator=_gen(0))
+    assert (cold.length == 12).all()
+    with pytest.raises(UserError):
+        sampling.generate_text(model, image[:2], length_temperature=1.0, length_beam=2)
+
+
 def test_inpainting_leaves_unmasked_tokens_untouched():
     model, image, (text, length) = _model(), _image(), _text()
     mask = torch.zeros(3, CFG.image_tokens, dtype=torch.bool)

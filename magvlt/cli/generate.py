@@ -50,6 +50,9 @@ def register(subparsers) -> None:
     _images(i2t)
     i2t.add_argument("--out", type=Path, help="JSON-lines output file (default: print to stdout)")
     i2t.add_argument("--length-beam", type=int, default=1, help="decode the top-k predicted lengths, keep the best")
+    i2t.add_argument("--length-temperature", type=float, default=0.0,
+                     help="sample each caption's length at this temperature (0 = the most likely length); "
+                          "lets --candidates differ in length")
     i2t.add_argument("--top-k", type=int, help="ARGVLT runs: sample among the top-k tokens")
     i2t.add_argument("--top-p", type=float, help="ARGVLT runs: nucleus sampling")
     i2t.set_defaults(func=run_i2t)
@@ -208,7 +211,8 @@ def run_i2t(args: argparse.Namespace) -> int:
     images = read_images(paths)
     pipe = _load(args)
     captions, frames = _with_frames(pipe.caption(
-        images, steps=args.steps, length_beam=args.length_beam, temperature=args.temperature, guidance=args.guidance,
+        images, steps=args.steps, length_beam=args.length_beam, length_temperature=args.length_temperature,
+        temperature=args.temperature, guidance=args.guidance,
         top_k=args.top_k, top_p=args.top_p, candidates=args.candidates, seed=args.seed, trace=args.gif is not None),
         args.gif is not None)
     write_jsonl([{"image": str(p), "caption": c} for p, c in zip(paths, captions)], args.out)
