@@ -119,7 +119,7 @@ def test_reranking_asks_for_candidates_and_samples_text(data, captions):
     assert out["t2i"]["fid"] is None and out["t2i"]["fid_unavailable"] and out["fid_features"] is None
     kwargs = {task: kw for task, _, kw in oracle.calls}
     assert kwargs["t2i"]["candidates"] == 3 and "temperature" not in kwargs["t2i"]
-    assert kwargs["i2t"] == {"candidates": 3, "seed": 0, "temperature": 1.0, "length_temperature": 1.0}
+    assert kwargs["i2t"] == {"candidates": 3, "seed": 0, "temperature": 1.0}
 
 
 def test_report_files(data, captions, tmp_path):

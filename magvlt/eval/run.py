@@ -173,9 +173,8 @@ def evaluate(pipeline, data: str | Path | EvalData, tasks: Sequence[str] = TASKS
     regenerated given the rest and the caption -> FID, CLIP score, judge. infill: the central half of the
     caption's tokens regenerated given the rest and the image -> caption metrics, judge.
     rerank_candidates > 1 samples that many candidates per input and keeps the pipeline's best (by its scorer,
-    Sec. 4.2-4.3); text tasks then sample at temperature 1 (I2T its length too) unless `options` says
-    otherwise, since greedy decoding would give identical candidates. `scorer` (default: the pipeline's) gives
-    the CLIP score.
+    Sec. 4.2-4.3); text tasks then sample at temperature 1 unless `options` says otherwise, since greedy
+    decoding would give identical candidates. `scorer` (default: the pipeline's) gives the CLIP score.
     fid: "inception" (FID.inception on the pipeline's device), an FID object (pass one to reuse its memoized
     real-image features across evaluations), or None to skip FID (it costs ~0.2 CPU-seconds per image).
     `caption_metrics` may be passed in likewise to reuse one METEOR process (~12 CPU-seconds to start).
@@ -197,8 +196,6 @@ def evaluate(pipeline, data: str | Path | EvalData, tasks: Sequence[str] = TASKS
         for t in TEXT_TASKS:
             if t in options:
                 options[t].setdefault("temperature", 1.0)
-        if "i2t" in options:
-            options["i2t"].setdefault("length_temperature", 1.0)
     own_captions = caption_metrics is None and any(t in TEXT_TASKS for t in tasks)
     captions = CaptionMetrics() if own_captions else caption_metrics
     if fid == "inception":
