@@ -242,7 +242,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: 
                 checkpoint()
                 last_saved = step
             if time_up:
-                _say(info, f"time budget of {cfg.max_minutes} min spent: stopped at step {step} with a checkpoint")
+                _say(info, f"time budget of {cfg.max_minutes:g} min spent: stopped at step {step} with a checkpoint")
                 break
     finally:
         bar.close()
