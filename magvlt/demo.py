@@ -195,7 +195,8 @@ def evaluate_and_draw(cfg: DemoConfig, out: Path, model_dir: Path, scorer_dir: P
 
 
 def sampling_options(cfg: DemoConfig) -> dict[str, dict]:
-    """Per-task sampling options of the demo's evaluation: temperature `cfg.temperature` for every task.
+    """Per-task sampling options of the demo's evaluation and samples.png: temperature `cfg.temperature` for
+    every task.
 
     I2T keeps the most likely length for every candidate: lengths sampled at temperature 1 (`length_temperature`)
     gave 23.0% exact instead of 24.5% on a default demo's val split (845 updates), with 15.5% of captions outside
@@ -235,14 +236,16 @@ def draw_samples(pipe, path: Path, cfg: DemoConfig, n: int = 6) -> None:
     from magvlt.data.shapes import render_split
     from magvlt.eval.figures import Tile, grid
 
-    seed, sample = cfg.seed, {"seed": cfg.seed, "candidates": cfg.candidates, "temperature": cfg.temperature}
+    seed = cfg.seed
+    sample = {task: {"seed": seed, "candidates": cfg.candidates, **options}
+              for task, options in sampling_options(cfg).items()}
     images, captions = render_split("val", n, seed=seed + 1, size=pipe.image_size[0])
-    generated = pipe.generate_images(captions, **sample)
-    written = pipe.caption(images, **sample)
+    generated = pipe.generate_images(captions, **sample["t2i"])
+    written = pipe.caption(images, **sample["i2t"])
     holed = _with_hole(images)
-    inpainted = pipe.inpaint(images, None, captions, **sample)
+    inpainted = pipe.inpaint(images, None, captions, **sample["inpaint"])
     masked_text = [_mask_middle(c) for c in captions]
-    infilled = pipe.infill(masked_text, images, **sample)
+    infilled = pipe.infill(masked_text, images, **sample["infill"])
     pairs = pipe.generate_pairs(n, seed=seed)
     rows = {
         "text -> image": [Tile(g, c) for g, c in zip(generated, captions)],
