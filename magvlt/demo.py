@@ -88,11 +88,11 @@ def calibrate_steps(train_cfg: TrainConfig, data_dir: Path, minutes: float, prob
     """How many optimizer steps fit in `minutes` on this machine: a step of each task timed on a short real run
     (after warm-up), weighted by the task mix, since the tasks' objectives take two to four forwards (timing the
     mix itself over a few steps overestimated a 50-minute run by a third)."""
-    from magvlt.objectives import TASKS
+    from magvlt.objectives import TASKS, trained_task_weights
     from magvlt.train.loop import train
     from magvlt.train.rundir import read_metrics
 
-    weights = train_cfg.objective.task_weights[:2] if train_cfg.model.causal else train_cfg.objective.task_weights
+    weights = trained_task_weights(train_cfg.objective.task_weights, train_cfg.model.causal)
     tokens_per_step = train_cfg.batch_size * (train_cfg.model.image_tokens + train_cfg.model.text_len + 2)
     seconds = 0.0
     for task, weight in zip(TASKS, weights):

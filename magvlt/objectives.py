@@ -43,6 +43,13 @@ def sample_task(weights, generator: torch.Generator) -> str:
     return TASKS[min(bisect.bisect_right(list(itertools.accumulate(weights)), u), last)]
 
 
+def trained_task_weights(weights, causal: bool) -> tuple[float, float, float]:
+    """The T2I : I2T : IT2IT weights a model trains: ARGVLT (causal) has no IT2IT, so its weight is dropped."""
+    if causal and sum(weights[:2]) <= 0:
+        raise UserError("ARGVLT trains T2I and I2T only: task_weights needs a positive T2I or I2T weight")
+    return (*weights[:2], 0.0) if causal else tuple(weights)
+
+
 def gamma_image(r: torch.Tensor) -> torch.Tensor:
     """Image mask ratio cos(pi r / 2) (Sec. 3.1, MaskGIT's cosine schedule)."""
     return torch.cos(math.pi * r / 2)
@@ -423,14 +430,9 @@ def training_loss(model: Transformer, batch: dict[str, torch.Tensor], cfg: Objec
     "task" (index into TASKS) and "<task>/<term>" for each loss term and accuracy of that task.
     """
     _check(model, batch, cfg)
-    if model.cfg.causal:
-        if sum(cfg.task_weights[:2]) <= 0:
-            raise UserError("ARGVLT trains T2I and I2T only: task_weights needs a positive T2I or I2T weight")
-        task = sample_task((*cfg.task_weights[:2], 0.0), generator)
-        total, terms = argvlt_loss(model, batch, cfg, task, generator)
-    else:
-        task = sample_task(cfg.task_weights, generator)
-        total, terms = magvlt_loss(model, batch, cfg, task, generator)
+    task = sample_task(trained_task_weights(cfg.task_weights, model.cfg.causal), generator)
+    loss = argvlt_loss if model.cfg.causal else magvlt_loss
+    total, terms = loss(model, batch, cfg, task, generator)
     values = torch.stack([total.detach().float(), *(v.detach().float() for v in terms.values())]).tolist()
     metrics = {"loss": values[0], "task": float(TASKS.index(task))}
     metrics.update({f"{task}/{k}": v for k, v in zip(terms, values[1:])})

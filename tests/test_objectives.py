@@ -24,6 +24,7 @@ from magvlt.objectives import (
     sample_task,
     sample_tokens,
     text_input,
+    trained_task_weights,
     training_loss,
     unroll_counts,
     unroll_mask,
@@ -344,6 +345,8 @@ def test_argvlt_loss_weights_generated_and_condition():
         training_loss(m, batch, ObjectiveConfig(task_weights=(0.0, 0.0, 1.0)), gen())
     tasks = {training_loss(m, batch, ObjectiveConfig(task_weights=(1.0, 1.0, 8.0)), g)[1]["task"] for g in [gen(s) for s in range(20)]}
     assert tasks == {0.0, 1.0}  # ARGVLT never draws IT2IT
+    assert trained_task_weights((8.0, 1.0, 1.0), causal=True) == (8.0, 1.0, 0.0)
+    assert trained_task_weights((8.0, 1.0, 1.0), causal=False) == (8.0, 1.0, 1.0)
 
 
 def test_training_loss_is_deterministic_and_reports_metrics():

@@ -25,7 +25,7 @@ from magvlt.config import ModelConfig, ObjectiveConfig, TrainConfig, load_json, 
 from magvlt.data.tokenized import BatchStream, TokenizedDataset, derive_seed
 from magvlt.errors import UserError
 from magvlt.model import Transformer
-from magvlt.objectives import TASKS, mask_task, predict_masked, sample_task, training_loss
+from magvlt.objectives import TASKS, mask_task, predict_masked, sample_task, trained_task_weights, training_loss
 from magvlt.train import dist, rundir
 
 
@@ -63,8 +63,7 @@ class TrainingObjective(nn.Module):
 
     def sample_task(self, generator: torch.Generator) -> str:
         """The task of one global batch from the configured weights (ARGVLT: T2I and I2T only)."""
-        weights = self.cfg.task_weights
-        return sample_task((*weights[:2], 0.0) if self.model.cfg.causal else weights, generator)
+        return sample_task(trained_task_weights(self.cfg.task_weights, self.model.cfg.causal), generator)
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator, task: str):
         return training_loss(self.model, batch, self.task_cfgs[task], generator)
