@@ -1,8 +1,8 @@
 """Where I2T fails on two-object scenes: teacher-forced probes of a trained run on shapes-world `val`.
 
 A two-object caption reads `a {A} <relation> a {B}`. Each probe feeds the true caption with some of its words
-masked and checks the model's most likely token at every masked position in one forward (no iterative
-decoding), so it separates what the model knows from what the decoder does with it:
+masked and checks the model's most likely token at every masked position in one forward (greedy infilling in
+one step, no iterative decoding), so it separates what the model knows from what the decoder does with it:
 
 - B given A and the relation: "the second object is the other one";
 - the relation given A and B: which of the two objects is on the left (top), i.e. binding attributes to places;
@@ -16,9 +16,8 @@ import argparse
 
 import torch
 
+from magvlt import sampling
 from magvlt.data.shapes import iter_split
-from magvlt.model import magvlt_sequence
-from magvlt.objectives import text_input
 from magvlt.pipeline import MAGVLT
 
 PROBES = {
@@ -38,21 +37,21 @@ def word_slots(caption: str, bpe_ids) -> dict[str, list[int]]:
         spans.append(list(range(p, p + n)))
         p += n
     second = words.index("a", 1)
-    pick = lambda idx: [q for i in idx for q in spans[i]]  # noqa: E731
+
+    def pick(idx: range) -> list[int]:
+        return [q for i in idx for q in spans[i]]
+
     return {"A": pick(range(1, 4)), "relation": pick(range(4, second)), "B": pick(range(second + 1, second + 4))}
 
 
-@torch.no_grad()
 def probe(pipe: MAGVLT, codes: torch.Tensor, ids: torch.Tensor, length: torch.Tensor,
           slots: list[dict[str, list[int]]], parts: tuple[str, ...]) -> tuple[float, float]:
     """(% captions with every masked token right, % masked tokens right) when the words in `parts` are masked."""
-    vocab = pipe.model.vocab
-    text = text_input(vocab, ids, length)
     targets = [[q for part in parts for q in s[part]] for s in slots]
+    mask = torch.zeros_like(ids, dtype=torch.bool)
     for row, positions in enumerate(targets):
-        text[row, positions] = vocab.MASK
-    tokens, position_ids, segs = magvlt_sequence(pipe.cfg, vocab.image(codes), text)
-    pred = pipe.model.text_logits(pipe.model(tokens, position_ids)[:, segs.text]).argmax(dim=-1)
+        mask[row, positions] = True
+    pred = sampling.infill(pipe.model, codes, ids, length, mask, steps=1).text
     right = [pred[row, positions] == ids[row, positions] for row, positions in enumerate(targets)]
     return (100 * sum(bool(r.all()) for r in right) / len(right),
             100 * float(torch.cat(right).float().mean()))
