@@ -41,6 +41,7 @@ import time
 import torch
 
 from magvlt import sampling
+from magvlt.schedulers import MaskGITScheduler
 from magvlt.config import MODEL_PRESETS, ModelConfig
 from magvlt.model import Transformer
 
@@ -108,12 +109,12 @@ def run_cell(name: str, cfg: ModelConfig, batch: int, args, device: torch.device
     repeats = 1 if args.quick or not small else args.repeats
 
     def mag(steps: int):
-        return lambda: sampling.generate_images(magvlt, text, length, steps=steps, generator=gen)
+        return lambda: sampling.generate_images(magvlt, text, length, MaskGITScheduler(steps), generator=gen)
 
     def ar(use_cache: bool):
         return lambda: sampling.ar_generate_images(argvlt, text, length, generator=gen, use_cache=use_cache)
 
-    sampling.generate_images(magvlt, text[:1], length[:1], steps=1, generator=gen)  # warm-up: allocator, threads
+    sampling.generate_images(magvlt, text[:1], length[:1], MaskGITScheduler(1), generator=gen)  # warm-up: allocator, threads
     row = {"model": name, "batch": batch, "estimated": set()}
     if expensive:
         row["magvlt"] = median_time(mag(2), repeats, device) * STEPS / 2

@@ -18,7 +18,8 @@ import torch
 
 from magvlt import sampling
 from magvlt.data.shapes import iter_split
-from magvlt.pipeline import MAGVLT
+from magvlt.pipeline import MAGVLTPipeline
+from magvlt.schedulers import MaskPredictScheduler
 
 PROBES = {
     "B given A + relation": ("B",),
@@ -44,14 +45,14 @@ def word_slots(caption: str, bpe_ids) -> dict[str, list[int]]:
     return {"A": pick(range(1, 4)), "relation": pick(range(4, second)), "B": pick(range(second + 1, second + 4))}
 
 
-def probe(pipe: MAGVLT, codes: torch.Tensor, ids: torch.Tensor, length: torch.Tensor,
+def probe(pipe: MAGVLTPipeline, codes: torch.Tensor, ids: torch.Tensor, length: torch.Tensor,
           slots: list[dict[str, list[int]]], parts: tuple[str, ...]) -> tuple[float, float]:
     """(% captions with every masked token right, % masked tokens right) when the words in `parts` are masked."""
     targets = [[q for part in parts for q in s[part]] for s in slots]
     mask = torch.zeros_like(ids, dtype=torch.bool)
     for row, positions in enumerate(targets):
         mask[row, positions] = True
-    pred = sampling.infill(pipe.model, codes, ids, length, mask, steps=1).text
+    pred = sampling.infill(pipe.model, codes, ids, length, mask, MaskPredictScheduler(1)).text
     right = [pred[row, positions] == ids[row, positions] for row, positions in enumerate(targets)]
     return (100 * sum(bool(r.all()) for r in right) / len(right),
             100 * float(torch.cat(right).float().mean()))
@@ -62,11 +63,11 @@ def main() -> None:
     parser.add_argument("model", help="run directory of `magvlt train` (e.g. runs/demo/model)")
     parser.add_argument("--n", type=int, default=400, help="val pairs to draw; the two-object ones are probed")
     args = parser.parse_args()
-    pipe = MAGVLT.load(args.model)
+    pipe = MAGVLTPipeline.from_pretrained(args.model)
     images, captions, scenes = next(iter_split("val", args.n, seed=0, size=pipe.image_size[0]))
     two = [i for i, scene in enumerate(scenes) if len(scene) == 2]
     captions = [captions[i] for i in two]
-    _, codes = pipe.prepare_images(list(images[two]))
+    _, codes = pipe.encode_images(list(images[two]))
     ids, length = pipe.encode_text(captions)
     slots = [word_slots(c, pipe.tokenizer.bpe_ids) for c in captions]
     print(f"{args.model}: {len(two)} two-object `val` scenes, true caption with the named words masked, one forward\n")

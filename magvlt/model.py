@@ -8,6 +8,7 @@ The model returns hidden states; heads are applied only where a caller needs log
 from __future__ import annotations
 
 import contextlib
+import enum
 import math
 from dataclasses import dataclass
 
@@ -22,19 +23,47 @@ SPECIAL_TOKENS = ("<BOI>", "<BOT>", "<MASK>", "<LEFT>", "<RIGHT>", "<TOP>", "<BO
 SLOTS = ("<BOI>", "<BOT>", "<SEL>")  # position slots of special tokens
 
 
+class Task(enum.StrEnum):
+    """The training and generation tasks of Sec. 3.1: T2I, I2T and their joint version IT2IT."""
+
+    T2I = "t2i"
+    I2T = "i2t"
+    IT2IT = "it2it"
+
+
+@dataclass(frozen=True)
 class Vocab:
-    """The unified token id space of a ModelConfig."""
+    """The unified token id space of a ModelConfig: image codes, then text ids, then the special tokens."""
 
-    def __init__(self, cfg: ModelConfig):
-        self.image_vocab, self.text_vocab = cfg.image_vocab, cfg.text_vocab
-        self.text_offset = cfg.image_vocab
-        self.special_offset = cfg.image_vocab + cfg.text_vocab
-        self.size = self.special_offset + len(SPECIAL_TOKENS)
-        for i, name in enumerate(SPECIAL_TOKENS):
-            setattr(self, name.strip("<>"), self.special_offset + i)
+    image_vocab: int
+    text_vocab: int
+    BOI: int
+    BOT: int
+    MASK: int
+    LEFT: int
+    RIGHT: int
+    TOP: int
+    BOTTOM: int
+    SEP: int
+    PAD: int
 
-    def special(self, name: str) -> int:
-        return self.special_offset + SPECIAL_TOKENS.index(name)
+    @classmethod
+    def of(cls, cfg: ModelConfig) -> Vocab:
+        offset = cfg.image_vocab + cfg.text_vocab
+        ids = {name.strip("<>"): offset + i for i, name in enumerate(SPECIAL_TOKENS)}
+        return cls(image_vocab=cfg.image_vocab, text_vocab=cfg.text_vocab, **ids)
+
+    @property
+    def text_offset(self) -> int:
+        return self.image_vocab
+
+    @property
+    def special_offset(self) -> int:
+        return self.image_vocab + self.text_vocab
+
+    @property
+    def size(self) -> int:
+        return self.special_offset + len(SPECIAL_TOKENS)
 
     def image(self, codes: torch.Tensor) -> torch.Tensor:
         return codes
@@ -60,7 +89,7 @@ def positions(cfg: ModelConfig) -> dict[str, torch.Tensor | int]:
 
 def magvlt_sequence(cfg: ModelConfig, image: torch.Tensor, text: torch.Tensor, selector: torch.Tensor | None = None):
     """[(<SEL>) <BOI> image <BOT> text] from unified ids image [B, N_I], text [B, L], selector [B] (MixSel)."""
-    vocab, pos, b = Vocab(cfg), positions(cfg), image.shape[0]
+    vocab, pos, b = Vocab.of(cfg), positions(cfg), image.shape[0]
     boi = torch.full((b, 1), vocab.BOI, dtype=torch.long, device=image.device)
     bot = torch.full((b, 1), vocab.BOT, dtype=torch.long, device=image.device)
     parts, pos_parts = [boi, image, bot, text], [[pos["<BOI>"]], pos["image"].tolist(), [pos["<BOT>"]], pos["text"].tolist()]
@@ -75,13 +104,13 @@ def magvlt_sequence(cfg: ModelConfig, image: torch.Tensor, text: torch.Tensor, s
     return tokens, position_ids, segs
 
 
-def argvlt_sequence(cfg: ModelConfig, image: torch.Tensor, text: torch.Tensor, task: str):
+def argvlt_sequence(cfg: ModelConfig, image: torch.Tensor, text: torch.Tensor, task: Task):
     """ARGVLT's order (Sec. 4.1): T2I [<BOT> text <BOI> image], I2T [<BOI> image <BOT> text]."""
-    if task == "i2t":
+    if task == Task.I2T:
         return magvlt_sequence(cfg, image, text)
-    if task != "t2i":
+    if task != Task.T2I:
         raise ValueError(f"ARGVLT has no task {task!r} (only t2i and i2t)")
-    vocab, pos, b = Vocab(cfg), positions(cfg), image.shape[0]
+    vocab, pos, b = Vocab.of(cfg), positions(cfg), image.shape[0]
     bot = torch.full((b, 1), vocab.BOT, dtype=torch.long, device=image.device)
     boi = torch.full((b, 1), vocab.BOI, dtype=torch.long, device=image.device)
     tokens = torch.cat([bot, text, boi, image], dim=1)
@@ -168,7 +197,7 @@ class Transformer(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.cfg, self.vocab = cfg, Vocab(cfg)
+        self.cfg, self.vocab = cfg, Vocab.of(cfg)
         self.tok_emb = nn.Embedding(self.vocab.size, cfg.n_embd)
         self.pos_emb = nn.Embedding(cfg.image_tokens + cfg.text_len + len(SLOTS), cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)

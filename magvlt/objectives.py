@@ -1,14 +1,14 @@
 """MAGVLT's training objectives (Sec. 3.1, 3.3-3.5, App. A, App. E) and ARGVLT's (Sec. 4.1).
 
-`training_loss` is the single entry point: it samples one task for the batch and returns
+`training_loss` is the single entry point: for the task the trainer drew for the batch (`sample_task`) it returns
 L = L_mask + lambda_TL L_TL + lambda_UM L_UM + lambda_MS L_MS, each extra term only where it applies:
 length for I2T and IT2IT (the text is generated), UnrollMask and MixSel for T2I and I2T.
 
 Token spaces: image codes are unified ids as they are; raw text ids become unified ids through `Vocab.text`;
 positions >= length are fed as <PAD> and are never targets. Each built input is an `Example`: what is fed,
-which positions are predicted, and their ground truth. Every random draw goes through the caller's
-torch.Generator, drawn on the generator's own device and moved to the batch's, so a CPU generator drives a
-CUDA batch deterministically (a CUDA generator works too). Dropout inside the model uses torch's global RNG.
+which positions are predicted, and their ground truth. Masks, schedules and fed inputs come from
+`magvlt.masking`, which decoding shares. Every random draw goes through the caller's torch.Generator (drawn on
+its own device, so a CPU generator drives a CUDA batch deterministically). Dropout uses torch's global RNG.
 """
 from __future__ import annotations
 
@@ -22,23 +22,31 @@ import torch.nn.functional as F
 
 from magvlt.config import ModelConfig, ObjectiveConfig
 from magvlt.errors import UserError
-from magvlt.model import Transformer, Vocab, argvlt_sequence, magvlt_sequence
+from magvlt.masking import (
+    cosine_schedule,
+    length_query_text,
+    linear_schedule,
+    lowest_scores,
+    random_mask,
+    sample_tokens,
+    text_input,
+    text_valid,
+    unconditional_image,
+    unconditional_text,
+    uniform,
+)
+from magvlt.model import Task, Transformer, Vocab, argvlt_sequence, magvlt_sequence
 
-TASKS = ("t2i", "i2t", "it2it")
+TASKS = tuple(Task)  # the order of ObjectiveConfig.task_weights
 MIX_MODES = ("mixsel", "mixrandom", "off")
 REMASK_MODES = ("confidence", "random")
 
 
-def _uniform(shape, generator: torch.Generator, device, dtype=torch.float32) -> torch.Tensor:
-    """U[0, 1) drawn with `generator` on its own device, then moved to `device`."""
-    return torch.rand(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
-
-
-def sample_task(weights, generator: torch.Generator) -> str:
+def sample_task(weights, generator: torch.Generator) -> Task:
     """One task for the whole batch from the categorical T2I : I2T : IT2IT weights (Sec. 3.5)."""
     if len(weights) != len(TASKS) or any(w < 0 for w in weights) or sum(weights) <= 0:
         raise UserError(f"task_weights must be 3 non-negative numbers (T2I, I2T, IT2IT) with a positive sum, got {weights}")
-    u = _uniform((), generator, "cpu", torch.float64).item() * sum(weights)
+    u = uniform((), generator, "cpu", torch.float64).item() * sum(weights)
     last = max(i for i, w in enumerate(weights) if w > 0)
     return TASKS[min(bisect.bisect_right(list(itertools.accumulate(weights)), u), last)]
 
@@ -48,54 +56,6 @@ def trained_task_weights(weights, causal: bool) -> tuple[float, float, float]:
     if causal and sum(weights[:2]) <= 0:
         raise UserError("ARGVLT trains T2I and I2T only: task_weights needs a positive T2I or I2T weight")
     return (*weights[:2], 0.0) if causal else tuple(weights)
-
-
-def gamma_image(r: torch.Tensor) -> torch.Tensor:
-    """Image mask ratio cos(pi r / 2) (Sec. 3.1, MaskGIT's cosine schedule)."""
-    return torch.cos(math.pi * r / 2)
-
-
-def gamma_text(r: torch.Tensor) -> torch.Tensor:
-    """Text mask ratio 1 - r (Sec. 3.1, Mask-Predict's linear schedule)."""
-    return 1 - r
-
-
-def lowest_scores(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Boolean [B, N]: the counts[b] positions of row b with the lowest scores (ties to the lower index)."""
-    ranks = scores.argsort(dim=1, stable=True).argsort(dim=1)
-    return ranks < counts.unsqueeze(1)
-
-
-def random_mask(ratio: torch.Tensor, valid: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Mask ceil(ratio[b] * N_b) of the N_b valid positions of each row, uniformly at random (Sec. 3.1)."""
-    counts = torch.ceil(ratio * valid.sum(dim=1)).long()
-    scores = _uniform(valid.shape, generator, valid.device).masked_fill(~valid, 2.0)
-    return lowest_scores(scores, counts)
-
-
-def text_valid(length: torch.Tensor, text_len: int) -> torch.Tensor:
-    """Boolean [B, L]: the real (non-padding) text positions."""
-    return torch.arange(text_len, device=length.device) < length.unsqueeze(1)
-
-
-def text_input(vocab: Vocab, text: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
-    """Raw text ids [B, L] to unified ids, with <PAD> at positions >= length."""
-    return torch.where(text_valid(length, text.shape[1]), vocab.text(text), vocab.PAD)
-
-
-def unconditional_text(cfg: ModelConfig, batch: int, device=None) -> torch.Tensor:
-    """The null caption of condition dropout (classifier-free guidance): all <PAD>, unified ids [B, L]."""
-    return torch.full((batch, cfg.text_len), Vocab(cfg).PAD, dtype=torch.long, device=device)
-
-
-def unconditional_image(cfg: ModelConfig, batch: int, device=None) -> torch.Tensor:
-    """The null image of condition dropout (classifier-free guidance): all <MASK>, unified ids [B, N_I]."""
-    return torch.full((batch, cfg.image_tokens), Vocab(cfg).MASK, dtype=torch.long, device=device)
-
-
-def length_query_text(cfg: ModelConfig, batch: int, device=None) -> torch.Tensor:
-    """The text fed while predicting the length at <BOT>: all <MASK> over L, so no padding gives it away."""
-    return torch.full((batch, cfg.text_len), Vocab(cfg).MASK, dtype=torch.long, device=device)
 
 
 @dataclass
@@ -113,20 +73,20 @@ class Example:
     selector: torch.Tensor | None = None  # [B] MixSel selector token ids
 
 
-def mask_task(task: str, vocab: Vocab, image: torch.Tensor, text: torch.Tensor, length: torch.Tensor,
+def mask_task(task: Task, vocab: Vocab, image: torch.Tensor, text: torch.Tensor, length: torch.Tensor,
               generator: torch.Generator, selector: torch.Tensor | None = None) -> Example:
     """The masked input of a task (Sec. 3.1): T2I masks the image, I2T the text, IT2IT both.
 
     One r ~ U[0, 1) per sample; in IT2IT it sets both ratios (g_I(r) for the image, g_T(r) for the text), as
     one decoding step ratio does at joint generation. Every real text position is maskable, sot and eot too.
     """
-    r = _uniform((image.shape[0],), generator, image.device, torch.float64)
+    r = uniform((image.shape[0],), generator, image.device, torch.float64)
     image_mask = torch.zeros_like(image, dtype=torch.bool)
     text_mask = torch.zeros_like(text, dtype=torch.bool)
-    if task in ("t2i", "it2it"):
-        image_mask = random_mask(gamma_image(r), ~image_mask, generator)
-    if task in ("i2t", "it2it"):
-        text_mask = random_mask(gamma_text(r), text_valid(length, text.shape[1]), generator)
+    if task in (Task.T2I, Task.IT2IT):
+        image_mask = random_mask(cosine_schedule(r), ~image_mask, generator)
+    if task in (Task.I2T, Task.IT2IT):
+        text_mask = random_mask(linear_schedule(r), text_valid(length, text.shape[1]), generator)
     return Example(
         image=vocab.image(image).masked_fill(image_mask, vocab.MASK),
         text=text_input(vocab, text, length).masked_fill(text_mask, vocab.MASK),
@@ -137,19 +97,19 @@ def mask_task(task: str, vocab: Vocab, image: torch.Tensor, text: torch.Tensor, 
 
 def _drop_rows(batch: int, p: float, generator: torch.Generator, device) -> torch.Tensor | None:
     """Boolean [B]: the samples whose condition is dropped, or None when p is 0."""
-    return _uniform((batch,), generator, device) < p if p > 0 else None
+    return uniform((batch,), generator, device) < p if p > 0 else None
 
 
-def condition_dropout(ex: Example, task: str, p: float, cfg: ModelConfig, generator: torch.Generator) -> Example:
+def condition_dropout(ex: Example, task: Task, p: float, cfg: ModelConfig, generator: torch.Generator) -> Example:
     """Replace the condition of a fraction p of samples by the null one, for classifier-free guidance.
 
     T2I: the text becomes `unconditional_text` (all <PAD>); I2T: the image becomes `unconditional_image`
     (all <MASK>); IT2IT has no condition. Sampling builds its unconditional rows with the same functions.
     """
-    drop = _drop_rows(ex.image.shape[0], p, generator, ex.image.device) if task != "it2it" else None
+    drop = _drop_rows(ex.image.shape[0], p, generator, ex.image.device) if task != Task.IT2IT else None
     if drop is None:
         return ex
-    if task == "t2i":
+    if task == Task.T2I:
         return replace(ex, text=torch.where(drop[:, None], unconditional_text(cfg, len(drop), drop.device), ex.text))
     return replace(ex, image=torch.where(drop[:, None], unconditional_image(cfg, len(drop), drop.device), ex.image))
 
@@ -208,17 +168,6 @@ def length_loss(model: Transformer, image: torch.Tensor, length: torch.Tensor) -
     return F.cross_entropy(logits, length - 1), _accuracy(logits, length - 1)
 
 
-def sample_tokens(logits: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One-step prediction: a token sampled from each row of logits [M, V] and its probability (no gradient).
-
-    Inverse-CDF sampling, so only M uniforms are drawn (on the generator's device) whatever the vocabulary.
-    """
-    probs = logits.detach().float().softmax(dim=-1)
-    u = _uniform((probs.shape[0], 1), generator, probs.device)
-    tokens = torch.searchsorted(probs.cumsum(dim=-1), u, right=True).clamp(max=probs.shape[-1] - 1)
-    return tokens.squeeze(1), probs.gather(1, tokens).squeeze(1)
-
-
 def next_ratio(r: torch.Tensor, steps: int) -> torch.Tensor:
     """The step ratio one decoding step later, r + 1/T, clamped at 1 (Sec. 3.2)."""
     return (r + 1 / steps).clamp(max=1.0)
@@ -245,12 +194,12 @@ def unroll_mask(ex: Example, modality: str, sampled: torch.Tensor, confidence: t
     """
     if modality == "image":
         fed, first, n = ex.image, ex.image_mask, torch.full_like(ex.length, ex.image.shape[1])
-        steps, schedule, offset = cfg.unroll_image_steps, gamma_image, 0
+        steps, schedule, offset = cfg.unroll_image_steps, cosine_schedule, 0
     else:
         fed, first, n = ex.text, ex.text_mask, ex.length
-        steps, schedule, offset = cfg.unroll_text_steps, gamma_text, vocab.text_offset
+        steps, schedule, offset = cfg.unroll_text_steps, linear_schedule, vocab.text_offset
     filled = fed.masked_scatter(first, sampled + offset)
-    scores = confidence if cfg.unroll_remask == "confidence" else _uniform(confidence.shape, generator, confidence.device)
+    scores = confidence if cfg.unroll_remask == "confidence" else uniform(confidence.shape, generator, confidence.device)
     scores = torch.full(first.shape, 2.0, device=first.device).masked_scatter(first, scores.float())
     second = lowest_scores(scores, unroll_counts(first.sum(dim=1), ex.r, n, steps, schedule))
     fields = {modality: filled.masked_fill(second, vocab.MASK), f"{modality}_mask": second}
@@ -299,7 +248,7 @@ def _halves(batch: dict[str, torch.Tensor]) -> list[tuple[str, bool]]:
     return [(key, vertical) for key, vertical in (("image_half_w", False), ("image_half_h", True)) if key in batch]
 
 
-def mix_select(task: str, vocab: Vocab, grid: tuple[int, int], batch: dict[str, torch.Tensor], mode: str,
+def mix_select(task: Task, vocab: Vocab, grid: tuple[int, int], batch: dict[str, torch.Tensor], mode: str,
                generator: torch.Generator) -> Example | None:
     """MixSel (Sec. 3.4) or MixRandom (App. E, no selector): two pairs mixed half and half, one selected.
 
@@ -313,25 +262,25 @@ def mix_select(task: str, vocab: Vocab, grid: tuple[int, int], batch: dict[str, 
     image, text, length = batch["image"], batch["text"], batch["length"]
     b, device = image.shape[0], image.device
     halves = _halves(batch)
-    if b < 2 or (task == "i2t" and not halves):
+    if b < 2 or (task == Task.I2T and not halves):
         return None
-    second = _uniform((b,), generator, device) < 0.5  # the target is the second pair
+    second = uniform((b,), generator, device) < 0.5  # the target is the second pair
 
     def pick(t: torch.Tensor) -> torch.Tensor:
         return torch.where(second.view(-1, *[1] * (t.ndim - 1)), t.roll(1, dims=0), t)
 
-    if task == "i2t":
+    if task == Task.I2T:
         joined = [join_halves(batch[key], batch[key].roll(1, dims=0), grid, vertical) for key, vertical in halves]
         vertical = torch.full((b,), halves[0][1], device=device)
         if len(joined) == 2:
-            vertical = _uniform((b,), generator, device) < 0.5
+            vertical = uniform((b,), generator, device) < 0.5
             joined = [torch.where(vertical[:, None], joined[1], joined[0])]
         selector = torch.where(vertical, torch.where(second, vocab.BOTTOM, vocab.TOP), torch.where(second, vocab.RIGHT, vocab.LEFT))
-        ex = mask_task("i2t", vocab, joined[0], pick(text), pick(length), generator)
+        ex = mask_task(Task.I2T, vocab, joined[0], pick(text), pick(length), generator)
     else:
         joined, joined_length = join_captions(vocab, text, length, text.roll(1, dims=0), length.roll(1, dims=0))
         selector = torch.where(second, vocab.RIGHT, vocab.LEFT)
-        ex = replace(mask_task("t2i", vocab, pick(image), text, length, generator), text=joined, length=joined_length)
+        ex = replace(mask_task(Task.T2I, vocab, pick(image), text, length, generator), text=joined, length=joined_length)
     return replace(ex, selector=selector if mode == "mixsel" else None)
 
 
@@ -353,7 +302,7 @@ def _check(model: Transformer, batch: dict[str, torch.Tensor], cfg: ObjectiveCon
         raise UserError(f"objective.unroll_remask must be one of {REMASK_MODES}, got {cfg.unroll_remask!r}")
 
 
-def magvlt_loss(model: Transformer, batch: dict[str, torch.Tensor], cfg: ObjectiveConfig, task: str,
+def magvlt_loss(model: Transformer, batch: dict[str, torch.Tensor], cfg: ObjectiveConfig, task: Task,
                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """MAGVLT's objective for one task (Sec. 3.5, Eq. 6): L_mask + l_TL L_TL + l_UM L_UM + l_MS L_MS.
 
@@ -365,28 +314,29 @@ def magvlt_loss(model: Transformer, batch: dict[str, torch.Tensor], cfg: Objecti
     ex = condition_dropout(ex, task, cfg.cond_dropout, model.cfg, generator)
     pred = predict_masked(model, ex, ls)
     total, terms = pred.loss, {"mask": pred.loss, **pred.metrics}
-    if task in ("i2t", "it2it") and cfg.length_weight > 0:
+    if task in (Task.I2T, Task.IT2IT) and cfg.length_weight > 0:
         terms["length"], terms["acc_length"] = length_loss(model, ex.image, ex.length)
         total = total + cfg.length_weight * terms["length"]
-    if task != "it2it" and cfg.unroll_mask and cfg.unroll_weight > 0:
-        modality = "image" if task == "t2i" else "text"
-        sampled, confidence = sample_tokens(pred.image_logits if task == "t2i" else pred.text_logits, generator)
+    if task != Task.IT2IT and cfg.unroll_mask and cfg.unroll_weight > 0:
+        modality = "image" if task == Task.T2I else "text"
+        logits = pred.image_logits if task == Task.T2I else pred.text_logits
+        sampled, confidence = sample_tokens(logits, uniform((logits.shape[0],), generator, logits.device))
         unrolled = predict_masked(model, unroll_mask(ex, modality, sampled, confidence, vocab, cfg, generator), ls)
         terms["unroll"] = unrolled.loss
         if f"acc_{modality}" in unrolled.metrics:  # absent when every first mask held a single token
             terms["acc_unroll"] = unrolled.metrics[f"acc_{modality}"]
         total = total + cfg.unroll_weight * unrolled.loss
     mixed = None
-    if task != "it2it" and cfg.mix != "off" and cfg.mix_weight > 0:
+    if task != Task.IT2IT and cfg.mix != "off" and cfg.mix_weight > 0:
         mixed = mix_select(task, vocab, model.cfg.image_grid, batch, cfg.mix, generator)
     if mixed is not None:
         mix = predict_masked(model, mixed, ls)
-        terms["mix"], terms["acc_mix"] = mix.loss, mix.metrics["acc_image" if task == "t2i" else "acc_text"]
+        terms["mix"], terms["acc_mix"] = mix.loss, mix.metrics["acc_image" if task == Task.T2I else "acc_text"]
         total = total + cfg.mix_weight * mix.loss
     return total, terms
 
 
-def argvlt_loss(model: Transformer, batch: dict[str, torch.Tensor], cfg: ObjectiveConfig, task: str,
+def argvlt_loss(model: Transformer, batch: dict[str, torch.Tensor], cfg: ObjectiveConfig, task: Task,
                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """ARGVLT's next-token prediction (Sec. 4.1, App. A): weight 1 - w on the generated modality, w on the condition.
 
@@ -400,7 +350,7 @@ def argvlt_loss(model: Transformer, batch: dict[str, torch.Tensor], cfg: Objecti
     image_in, text_in = vocab.image(image), text_input(vocab, text, length)
     image_valid, valid = torch.ones_like(image, dtype=torch.bool), text_valid(length, text.shape[1])
     drop = _drop_rows(b, cfg.cond_dropout, generator, device)
-    if drop is not None and task == "t2i":
+    if drop is not None and task == Task.T2I:
         text_in = torch.where(drop[:, None], unconditional_text(model.cfg, b, device), text_in)
         valid = valid & ~drop[:, None]
     elif drop is not None:
@@ -418,19 +368,20 @@ def argvlt_loss(model: Transformer, batch: dict[str, torch.Tensor], cfg: Objecti
         "acc_text": _accuracy(text_logits, text_target),
     }
     w = cfg.ar_condition_weight
-    generated, condition = ("image", "text") if task == "t2i" else ("text", "image")
+    generated, condition = ("image", "text") if task == Task.T2I else ("text", "image")
     return (1 - w) * terms[generated] + w * terms[condition], terms
 
 
-def training_loss(model: Transformer, batch: dict[str, torch.Tensor], cfg: ObjectiveConfig,
+def training_loss(model: Transformer, batch: dict[str, torch.Tensor], cfg: ObjectiveConfig, task: Task,
                   generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of one batch (Sec. 3.5): one task sampled from cfg.task_weights; ARGVLT when model.cfg.causal.
+    """The loss of one batch for the task the caller drew for it (Sec. 3.5, `sample_task`); ARGVLT when causal.
 
-    ARGVLT samples among T2I and I2T only (IT2IT weight dropped, the rest renormalised). Metrics: "loss",
-    "task" (index into TASKS) and "<task>/<term>" for each loss term and accuracy of that task.
+    Metrics: "loss", "task" (index into TASKS) and "<task>/<term>" for each loss term and accuracy of that task.
     """
     _check(model, batch, cfg)
-    task = sample_task(trained_task_weights(cfg.task_weights, model.cfg.causal), generator)
+    task = Task(task)
+    if model.cfg.causal and task == Task.IT2IT:
+        raise UserError("ARGVLT trains T2I and I2T only, not IT2IT")
     loss = argvlt_loss if model.cfg.causal else magvlt_loss
     total, terms = loss(model, batch, cfg, task, generator)
     values = torch.stack([total.detach().float(), *(v.detach().float() for v in terms.values())]).tolist()

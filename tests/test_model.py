@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from magvlt.config import MODEL_PRESETS, ModelConfig, preset
-from magvlt.model import KVCache, Transformer, Vocab, argvlt_sequence, magvlt_sequence
+from magvlt.model import SPECIAL_TOKENS, KVCache, Transformer, Vocab, argvlt_sequence, magvlt_sequence
 
 
 def tiny(**kw) -> ModelConfig:
@@ -22,15 +22,15 @@ def test_paper_parameter_counts(name, paper, tol):
 
 def test_vocab_layout_is_disjoint():
     cfg = tiny()
-    v = Vocab(cfg)
+    v = Vocab.of(cfg)
     assert v.text(torch.tensor(0)) == cfg.image_vocab
     assert v.BOI == cfg.image_vocab + cfg.text_vocab
-    assert v.size == v.PAD + 1 and v.special("<SEP>") == v.SEP
+    assert v.size == v.PAD + 1 and v.SEP == v.special_offset + SPECIAL_TOKENS.index("<SEP>")
 
 
 def test_sequence_layout_and_heads():
     cfg = tiny()
-    model, v = Transformer(cfg), Vocab(cfg)
+    model, v = Transformer(cfg), Vocab.of(cfg)
     image = torch.randint(0, 16, (2, 6))
     text = v.text(torch.randint(0, 11, (2, 5)))
     tokens, pos, segs = magvlt_sequence(cfg, image, text, selector=torch.full((2,), v.LEFT))
@@ -50,7 +50,7 @@ def test_bidirectional_model_sees_the_future_causal_does_not():
         cfg = tiny(causal=causal)
         model = Transformer(cfg).eval()
         image = torch.randint(0, 16, (1, 6))
-        text = Vocab(cfg).text(torch.randint(0, 11, (1, 5)))
+        text = Vocab.of(cfg).text(torch.randint(0, 11, (1, 5)))
         tokens, pos, segs = argvlt_sequence(cfg, image, text, "t2i")
         changed = tokens.clone()
         changed[0, -1] = (changed[0, -1] + 1) % 16
@@ -64,7 +64,7 @@ def test_kv_cache_matches_full_causal_forward():
     cfg = tiny(causal=True)
     model = Transformer(cfg).eval()
     image = torch.randint(0, 16, (2, 6))
-    text = Vocab(cfg).text(torch.randint(0, 11, (2, 5)))
+    text = Vocab.of(cfg).text(torch.randint(0, 11, (2, 5)))
     tokens, pos, _ = argvlt_sequence(cfg, image, text, "t2i")
     full = model(tokens, pos)
     cache = KVCache(cfg, batch=2, max_len=tokens.shape[1])

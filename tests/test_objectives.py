@@ -7,23 +7,21 @@ import torch.nn.functional as F
 
 from magvlt.config import ModelConfig, ObjectiveConfig
 from magvlt.errors import UserError
+from magvlt.masking import cosine_schedule as gamma_image
+from magvlt.masking import linear_schedule as gamma_text
+from magvlt.masking import lowest_scores, sample_tokens, text_input, uniform
 from magvlt.model import Transformer, Vocab, argvlt_sequence, magvlt_sequence
 from magvlt.objectives import (
     TASKS,
     argvlt_loss,
     condition_dropout,
-    gamma_image,
-    gamma_text,
     join_captions,
     join_halves,
     length_loss,
-    lowest_scores,
     magvlt_loss,
     mask_task,
     mix_select,
     sample_task,
-    sample_tokens,
-    text_input,
     trained_task_weights,
     training_loss,
     unroll_counts,
@@ -32,7 +30,7 @@ from magvlt.objectives import (
 
 CFG = ModelConfig(n_layer=2, n_head=2, n_embd=64, image_vocab=32, image_grid=(4, 4), text_vocab=50, text_len=12,
                   dropout=0.0, attn_dropout=0.0)
-VOCAB = Vocab(CFG)
+VOCAB = Vocab.of(CFG)
 SOT, EOT = 48, 49
 
 
@@ -167,10 +165,10 @@ def test_unroll_counts_exact():
 def test_sample_tokens_follows_probabilities():
     logits = torch.full((5, 7), -1e4)
     logits[torch.arange(5), torch.tensor([3, 0, 6, 2, 2])] = 0.0
-    tokens, conf = sample_tokens(logits, gen())
+    tokens, conf = sample_tokens(logits, uniform((logits.shape[0],), gen(), "cpu"))
     assert tokens.tolist() == [3, 0, 6, 2, 2] and torch.allclose(conf, torch.ones(5))
     p = torch.tensor([0.2, 0.7, 0.1])
-    tokens, conf = sample_tokens(p.log().expand(20000, 3), gen(1))
+    tokens, conf = sample_tokens(p.log().expand(20000, 3), uniform((20000,), gen(1), "cpu"))
     assert torch.allclose(torch.bincount(tokens, minlength=3) / 20000.0, p, atol=0.015)
     assert torch.allclose(conf, p[tokens])
 
@@ -341,28 +339,29 @@ def test_argvlt_loss_weights_generated_and_condition():
         assert torch.allclose(terms["image"], image_nll, atol=1e-5) and torch.allclose(terms["text"], text_nll, atol=1e-5)
         want = 0.9 * image_nll + 0.1 * text_nll if task == "t2i" else 0.9 * text_nll + 0.1 * image_nll
         assert torch.allclose(loss, want, atol=1e-5)
-    with pytest.raises(UserError):
-        training_loss(m, batch, ObjectiveConfig(task_weights=(0.0, 0.0, 1.0)), gen())
-    tasks = {training_loss(m, batch, ObjectiveConfig(task_weights=(1.0, 1.0, 8.0)), g)[1]["task"] for g in [gen(s) for s in range(20)]}
-    assert tasks == {0.0, 1.0}  # ARGVLT never draws IT2IT
+    with pytest.raises(UserError, match="IT2IT"):
+        training_loss(m, batch, ObjectiveConfig(), "it2it", gen())
+    g = gen()
+    tasks = {sample_task(trained_task_weights((1.0, 1.0, 8.0), causal=True), g) for _ in range(40)}
+    assert tasks == {"t2i", "i2t"}  # ARGVLT never draws IT2IT
     assert trained_task_weights((8.0, 1.0, 1.0), causal=True) == (8.0, 1.0, 0.0)
     assert trained_task_weights((8.0, 1.0, 1.0), causal=False) == (8.0, 1.0, 1.0)
 
 
 def test_training_loss_is_deterministic_and_reports_metrics():
     batch = make_batch()
-    for causal in (False, True):
-        runs = [training_loss(model(causal), batch, ObjectiveConfig(task_weights=(1, 1, 1)), gen(5)) for _ in range(2)]
+    for causal, task in ((False, "t2i"), (False, "it2it"), (True, "i2t")):
+        runs = [training_loss(model(causal), batch, ObjectiveConfig(), task, gen(5)) for _ in range(2)]
         assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
         loss, metrics = runs[0]
         loss.backward()
-        assert metrics["loss"] == pytest.approx(float(loss.detach()))
-        task = TASKS[int(metrics["task"])]
+        assert metrics["loss"] == pytest.approx(float(loss.detach())) and TASKS[int(metrics["task"])] == task
         assert all(k in ("loss", "task") or k.startswith(task + "/") for k in metrics)
     seen = set()
-    for s in range(30):
-        _, metrics = training_loss(model(), batch, ObjectiveConfig(task_weights=(1, 1, 1)), gen(s))
-        seen |= set(metrics)
+    for s in range(10):
+        for task in TASKS:
+            _, metrics = training_loss(model(), batch, ObjectiveConfig(), task, gen(s))
+            seen |= set(metrics)
     for key in ["t2i/mask", "t2i/acc_image", "t2i/unroll", "t2i/mix", "i2t/acc_text", "i2t/length", "i2t/acc_length",
                 "i2t/mix", "it2it/acc_image", "it2it/acc_text"]:
         assert key in seen
@@ -371,13 +370,15 @@ def test_training_loss_is_deterministic_and_reports_metrics():
 def test_training_loss_rejects_bad_input():
     batch, m = make_batch(), model()
     with pytest.raises(UserError):
-        training_loss(m, {k: v for k, v in batch.items() if k != "length"}, ObjectiveConfig(), gen())
+        training_loss(m, {k: v for k, v in batch.items() if k != "length"}, ObjectiveConfig(), "t2i", gen())
     with pytest.raises(UserError):
-        training_loss(m, {**batch, "length": batch["length"] * 0}, ObjectiveConfig(), gen())
+        training_loss(m, {**batch, "length": batch["length"] * 0}, ObjectiveConfig(), "t2i", gen())
     with pytest.raises(UserError):
-        training_loss(m, batch, ObjectiveConfig(mix="half"), gen())
+        training_loss(m, batch, ObjectiveConfig(mix="half"), "t2i", gen())
     with pytest.raises(UserError):
-        training_loss(m, batch, ObjectiveConfig(unroll_remask="lowest"), gen())
+        training_loss(m, batch, ObjectiveConfig(unroll_remask="lowest"), "t2i", gen())
+    with pytest.raises(ValueError):
+        training_loss(m, batch, ObjectiveConfig(), "x2y", gen())
 
 
 # --- learning ------------------------------------------------------------------------------------------------
@@ -405,7 +406,7 @@ def test_training_loss_learns_a_text_image_relation():
     cfg, g, batch = ObjectiveConfig(task_weights=(1.0, 1.0, 1.0)), gen(), synthetic_pairs(16)
     losses = []
     for _ in range(120):
-        loss, _ = training_loss(m, batch, cfg, g)
+        loss, _ = training_loss(m, batch, cfg, sample_task(cfg.task_weights, g), g)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -117,15 +117,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     data = write_synthetic(tmp_path / "data", n=64)
     calls = []
 
-    def poisoned(model, batch, cfg, generator):
-        loss, metrics = loop.training_loss(model, batch, cfg, generator)
+    def poisoned(model, batch, cfg, task, generator):
+        loss, metrics = loop.training_loss(model, batch, cfg, task, generator)
         calls.append(1)
         if len(calls) >= 7:
             return loss * math.nan, {**metrics, "loss": math.nan}
         return loss, metrics
 
     monkeypatch.setattr(loop.TrainingObjective, "forward",
-                        lambda self, batch, generator, task: poisoned(self.model, batch, self.task_cfgs[task], generator))
+                        lambda self, batch, generator, task: poisoned(self.model, batch, self.cfg, task, generator))
     with pytest.raises(UserError, match=r"diverged at step 7: loss nan.*last good checkpoint \(step 4\)"):
         train(tiny_config(), data, tmp_path / "run", progress=False)
     assert load_torch(tmp_path / "run" / "train_state.pt")["step"] == 4

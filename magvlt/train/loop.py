@@ -24,7 +24,8 @@ from tqdm import tqdm
 from magvlt.config import ModelConfig, ObjectiveConfig, TrainConfig, load_json, save_json
 from magvlt.data.tokenized import BatchStream, TokenizedDataset, derive_seed
 from magvlt.errors import UserError
-from magvlt.model import Transformer
+from magvlt.model import Task, Transformer
+from magvlt.precision import autocast, use_bf16
 from magvlt.objectives import TASKS, mask_task, predict_masked, sample_task, trained_task_weights, training_loss
 from magvlt.train import dist, rundir
 
@@ -59,14 +60,13 @@ class TrainingObjective(nn.Module):
     def __init__(self, model: Transformer, cfg: ObjectiveConfig):
         super().__init__()
         self.model, self.cfg = model, cfg
-        self.task_cfgs = {t: dataclasses.replace(cfg, task_weights=tuple(float(t == u) for u in TASKS)) for t in TASKS}
 
-    def sample_task(self, generator: torch.Generator) -> str:
+    def sample_task(self, generator: torch.Generator) -> Task:
         """The task of one global batch from the configured weights (ARGVLT: T2I and I2T only)."""
         return sample_task(trained_task_weights(self.cfg.task_weights, self.model.cfg.causal), generator)
 
-    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator, task: str):
-        return training_loss(self.model, batch, self.task_cfgs[task], generator)
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator, task: Task):
+        return training_loss(self.model, batch, self.cfg, task, generator)
 
 
 def _check_config(cfg: TrainConfig, world_size: int) -> None:
@@ -183,6 +183,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: 
     _open_run(cfg, out, resume, dataset.meta, info)
     objective, wrapped, optimizer = _build(cfg, info)
     stream = _batch_stream(cfg, dataset, info)
+    bf16 = use_bf16(cfg.precision, info.device)
     step, elapsed_before = 0, 0.0
     if resume:
         weights, state = rundir.load_checkpoint(out)
@@ -194,7 +195,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: 
         _say(info, f"resuming {out} at step {step}")
     else:
         _say(info, f"{objective.model.num_params() / 1e6:.2f}M parameters, {len(dataset)} pairs, "
-                   f"{info.world_size} rank(s) on {info.device}")
+                   f"{info.world_size} rank(s) on {info.device}, {'bf16 autocast' if bf16 else 'fp32'}")
 
     def checkpoint() -> None:
         model_state, optim_state = dist.full_state(wrapped, optimizer, info)
@@ -215,7 +216,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: 
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            metrics = _accumulate(wrapped, objective, next(stream), step, stream.micro_ids, cfg, info)
+            metrics = _accumulate(wrapped, objective, next(stream), step, stream.micro_ids, cfg, info, bf16)
             norm = nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
             norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             time_up = cfg.max_minutes > 0 and time.monotonic() - t0 > 60 * cfg.max_minutes
@@ -230,7 +231,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: 
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps or time_up:
                 seconds = time.monotonic() - window.start
-                record = {"step": step, **window.means(), "lr": lr,
+                record = {"step": step, **window.means(), "lr": lr, "precision": "bf16" if bf16 else "fp32",
                           "tokens_per_s": tokens_per_step * window.n / seconds,
                           "elapsed": elapsed_before + time.monotonic() - t0}
                 if info.is_main:
@@ -250,7 +251,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: 
 
 
 def _accumulate(wrapped: nn.Module, objective: TrainingObjective, micro_batches: list[dict[str, torch.Tensor]],
-                step: int, micro_ids: list[int], cfg: TrainConfig, info: dist.DistInfo) -> dict[str, float]:
+                step: int, micro_ids: list[int], cfg: TrainConfig, info: dist.DistInfo, bf16: bool) -> dict[str, float]:
     """Forward and backward over this rank's micro-batches; gradients averaged over the global batch.
 
     Returns the metrics averaged over the micro-batches ("loss" is the mean loss).
@@ -263,7 +264,7 @@ def _accumulate(wrapped: nn.Module, objective: TrainingObjective, micro_batches:
         generator = torch.Generator().manual_seed(derive_seed("masks", cfg.seed, step, k))
         with dist.gradient_sync(wrapped, a == len(micro_batches) - 1), torch.random.fork_rng(devices=devices):
             torch.manual_seed(derive_seed("dropout", cfg.seed, step, k))
-            with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            with autocast(bf16, info.device):
                 loss, metrics = wrapped(batch, generator, task)
             (loss / len(micro_batches)).backward()
         metrics.pop("task")
