@@ -16,7 +16,8 @@ import torch
 
 from magvlt.eval.judge import parse_caption, parse_image
 from magvlt.eval.run import shapes_data
-from magvlt.pipeline import MAGVLT
+from magvlt.pipeline import MAGVLTPipeline
+from magvlt.schedulers import get_preset
 
 
 def curve(right: np.ndarray, scores: np.ndarray) -> list[tuple[int, float, float]]:
@@ -37,20 +38,23 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100, help="val inputs (default 100)")
     parser.add_argument("--temperature", type=float, default=0.5)
     args = parser.parse_args()
-    pipe = MAGVLT.load(f"{args.run}/model", scorer=f"{args.run}/clip")
+    pipe = MAGVLTPipeline.from_pretrained(f"{args.run}/model", scorer=f"{args.run}/clip")
+    preset = get_preset("demo")
+    preset.image.temperature = preset.text.temperature = args.temperature
+    sample = dict(preset=preset, num_candidates=1, generator=torch.Generator().manual_seed(1))
     data = shapes_data("shapes:val", args.n, pipe.image_size[0])
     images = np.repeat(data.images, args.k, axis=0)
     captions = [c for c in data.captions for _ in range(args.k)]
     truth = [parse_caption(c) for c in captions]
 
     start = time.perf_counter()
-    written = pipe.caption(images, temperature=args.temperature, seed=1)
+    written = pipe.caption(images, **sample).texts
     i2t_seconds = time.perf_counter() - start
     i2t_right = np.array([parse_caption(w) == t for w, t in zip(written, truth)])
     i2t_scores = pipe.scorer.score(torch.as_tensor(images), [w or "a" for w in written]).numpy()
 
     start = time.perf_counter()
-    drawn = np.stack([np.asarray(im) for im in pipe.generate_images(captions, temperature=args.temperature, seed=1)])
+    drawn = np.stack([np.asarray(im) for im in pipe(captions, **sample).images])
     t2i_seconds = time.perf_counter() - start
     t2i_right = np.array([parse_image(im) == t for im, t in zip(drawn, truth)])
     t2i_scores = pipe.scorer.score(torch.as_tensor(drawn), captions).numpy()

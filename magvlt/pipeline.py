@@ -1,126 +1,154 @@
-"""A trained run, ready to use: PIL images and strings in and out for every task of Sec. 4.
+"""A trained run, ready to use, as a diffusers-style pipeline: PIL images and strings in and out (Sec. 4).
 
-    pipe = MAGVLT.load("runs/tiny")
-    pipe.generate_images(["a large red circle"])          # T2I
-    pipe.caption([image])                                 # I2T
-    pipe.inpaint([image], caption="a small blue square")  # central half of the grid regenerated
-    pipe.infill(["a large [MASK] circle"], [image])       # each [MASK] marker is one token
-    pipe.generate_pairs(4)                                # unconditional image + text (App. D)
+    pipe = MAGVLTPipeline.from_pretrained("runs/demo/model")
+    pipe("a large red circle").images                       # T2I
+    pipe.caption(image).texts                               # I2T
+    pipe.inpaint(image, mask_image, "a small blue square")  # white in mask_image = regenerate
+    pipe.infill(image, "a large [MASK] circle").texts        # each [MASK] marker is one token
+    pipe.generate_pairs(4)                                  # unconditional image + text (App. D)
 
-A run directory (written by `magvlt train`) holds config.json, model.safetensors, text/ and vq/. An ARGVLT run
-(config model.causal) supports generate_images and caption. With `candidates=N`, N samples are drawn per input and
-the best is kept: by the scorer (a contrastive model, Sec. 4.2-4.3) if one is loaded, else by the model's own
-mean log-probability.
+How tokens are sampled is a `Preset` (`magvlt.schedulers`): the run's own (its scheduler.json) unless a call
+names another. With more than one candidate per input, the best is kept: by the scorer (a contrastive model,
+Sec. 4.2-4.3) if one is loaded, else by the model's mean log-probability. An ARGVLT run (config model.causal)
+does T2I and I2T only; an option that does not apply to the run is an error, never silently ignored.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, UnidentifiedImageError
+from PIL import Image
 
-from magvlt import sampling
+from magvlt import paths, sampling
 from magvlt.checkpoint import load_weights
-from magvlt.config import TrainConfig, load_json
+from magvlt.config import TrainConfig, from_dict, load_json, to_dict
 from magvlt.errors import UserError
+from magvlt.images import as_list, as_pil, blend, fit_image, mask_tokens
+from magvlt.masking import Generators
 from magvlt.model import Transformer
 from magvlt.rerank import Scorer, best_of, load_scorer
+from magvlt.schedulers import Preset, get_preset
 
 MASK_MARKER = "[MASK]"
-CONFIG, WEIGHTS, TEXT_DIR, VQ_DIR = "config.json", "model.safetensors", "text", "vq"
+# diffusers' callback_on_step_end(pipe, step, timestep, callback_kwargs): here callback_kwargs holds "sample"
+# (a sampling.Sample of every candidate row after the step) and "inputs" (the slice of inputs being decoded)
+StepEndCallback = Callable[["MAGVLTPipeline", int, int, dict[str, Any]], Any]
 
 
-def read_image(path: str | Path) -> Image.Image:
-    """An image file as RGB, or a UserError naming the file."""
+@dataclass
+class ImagePipelineOutput:
+    """Generated images; with output_intermediates, each image's refinement, one frame per step."""
+
+    images: list[Image.Image]
+    intermediates: list[list[Image.Image]] | None = None
+
+
+@dataclass
+class TextPipelineOutput:
+    """Generated texts; with output_intermediates, each text's refinement (masked tokens shown as "_")."""
+
+    texts: list[str]
+    intermediates: list[list[str]] | None = None
+
+
+@dataclass
+class PairsPipelineOutput:
+    """Unconditional image + caption pairs; with output_intermediates, (image, text) per step of each pair."""
+
+    images: list[Image.Image]
+    texts: list[str]
+    intermediates: list[list[tuple[Image.Image, str]]] | None = None
+
+
+def save_preset(preset: Preset, run_dir: str | Path) -> None:
+    """Write the preset a run samples with by default (scheduler.json, as diffusers keeps a scheduler config)."""
+    from magvlt.checkpoint import atomic_write_text
+
+    atomic_write_text(Path(run_dir) / paths.SCHEDULER, json.dumps(to_dict(preset), indent=2) + "\n")
+
+
+def load_preset(run_dir: Path) -> Preset:
+    """The run's scheduler.json, else the "default" preset."""
+    path = run_dir / paths.SCHEDULER
+    if not path.is_file():
+        return get_preset("default")
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise UserError(f"cannot read image {path}: {e}") from None
+        return from_dict(Preset, json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise UserError(f"{path} is not a decoding preset: {e}") from None
 
 
-def fit_image(image, size: tuple[int, int]) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Resize (shorter side) and center-crop an image to (H, W); returns uint8 [H, W, 3] and (scale, dx, dy)."""
-    im = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
-    im = im.convert("RGB")
-    h, w = size
-    scale = max(h / im.height, w / im.width)
-    rw, rh = max(w, round(im.width * scale)), max(h, round(im.height * scale))
-    dx, dy = (rw - w) // 2, (rh - h) // 2
-    if (rw, rh) != im.size:
-        im = im.resize((rw, rh), Image.Resampling.BICUBIC)
-    return np.asarray(im.crop((dx, dy, dx + w, dy + h))), (scale, dx, dy)
+def _check_run(run: Path) -> None:
+    if not run.is_dir():
+        raise UserError(f"model directory {run} does not exist")
+    missing = [n for n in (paths.CONFIG, paths.WEIGHTS, paths.TEXT_DIR, paths.VQ_DIR) if not (run / n).exists()]
+    if missing:
+        raise UserError(f"{run} is not a complete run directory: missing {', '.join(missing)} (train one with `magvlt train`)")
 
 
-def blend(original: np.ndarray, generated: np.ndarray, token_mask: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
-    """Paste the generated pixels of masked tokens into the original, feathered across the mask boundary (MaskGIT)."""
-    h, w = original.shape[:2]
-    cells = Image.fromarray(token_mask.view(grid).cpu().numpy().astype(np.uint8) * 255)
-    alpha = cells.resize((w, h), Image.Resampling.NEAREST)
-    alpha = np.asarray(alpha.filter(ImageFilter.GaussianBlur(radius=max(1.0, w / grid[1] / 4))), dtype=np.float32) / 255
-    out = alpha[..., None] * generated + (1 - alpha[..., None]) * original
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+class MAGVLTPipeline:
+    """A trained MAGVLT (or ARGVLT) with its text tokenizer and VQ-GAN, optionally a reranking scorer."""
 
-
-def _as_list(images) -> list:
-    """One image (PIL or uint8 [H, W, 3]) or a batch of them, as a list."""
-    if isinstance(images, Image.Image) or (isinstance(images, np.ndarray) and images.ndim == 3):
-        return [images]
-    return list(images)
-
-
-class MAGVLT:
-    """A trained MAGVLT (or ARGVLT) with its text tokenizer and VQ-GAN, and optionally a reranking scorer."""
-
-    def __init__(self, model: Transformer, tokenizer, vq, scorer: Scorer | None = None):
+    def __init__(self, model: Transformer, tokenizer, vq, scorer: Scorer | None = None, preset: Preset | None = None,
+                 guidance_trained: bool = False):
         self.model, self.tokenizer, self.vq, self.scorer = model.eval(), tokenizer, vq, scorer
         self.cfg = model.cfg
-        self.device = next(model.parameters()).device
+        self.preset = preset or get_preset("default")
+        self.guidance_trained = guidance_trained  # trained with condition dropout, so guidance has a null condition
         self.image_size = (self.cfg.image_grid[0] * vq.factor, self.cfg.image_grid[1] * vq.factor)
 
     @classmethod
-    def load(cls, run_dir: str | Path, device=None, scorer: str | Path | Scorer | None = None) -> MAGVLT:
-        """Load run_dir (config.json, model.safetensors, text/, vq/); scorer: a `magvlt clip train` dir or object."""
+    def from_pretrained(cls, run_dir: str | Path, *, scorer: str | Path | Scorer | None = None) -> MAGVLTPipeline:
+        """Load a run directory (config.json, model.safetensors, text/, vq/; optional scheduler.json, scorer/) on the
+        CPU; scorer: a `magvlt clip train` directory or a Scorer (default: the run's scorer/). Move with `.to()`."""
         from magvlt.text import load_text_tokenizer
         from magvlt.vq import load_vq
 
         run = Path(run_dir)
-        if not run.is_dir():
-            raise UserError(f"model directory {run} does not exist")
-        missing = [name for name in (CONFIG, WEIGHTS, TEXT_DIR, VQ_DIR) if not (run / name).exists()]
-        if missing:
-            raise UserError(f"{run} is not a complete run directory: missing {', '.join(missing)} (train one with `magvlt train`)")
+        _check_run(run)
         try:
-            cfg = load_json(TrainConfig, run / CONFIG).model
+            train_cfg = load_json(TrainConfig, run / paths.CONFIG)
         except (UserError, TypeError) as e:
-            raise UserError(f"{run / CONFIG} is not a training run's config: {e}") from None
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = Transformer(cfg)
+            raise UserError(f"{run / paths.CONFIG} is not a training run's config: {e}") from None
+        model = Transformer(train_cfg.model)
         try:
-            model.load_state_dict(load_weights(run / WEIGHTS))
+            model.load_state_dict(load_weights(run / paths.WEIGHTS))
         except RuntimeError as e:
-            raise UserError(f"{run / WEIGHTS} does not match {run / CONFIG}: {str(e).splitlines()[0]}") from None
-        tokenizer, vq = load_text_tokenizer(run / TEXT_DIR), load_vq(run / VQ_DIR, device)
+            raise UserError(f"{run / paths.WEIGHTS} does not match {run / paths.CONFIG}: {str(e).splitlines()[0]}") from None
+        tokenizer, vq = load_text_tokenizer(run / paths.TEXT_DIR), load_vq(run / paths.VQ_DIR)
+        cfg = train_cfg.model
         if (tokenizer.vocab_size, tokenizer.length) != (cfg.text_vocab, cfg.text_len):
-            raise UserError(f"{run / TEXT_DIR} ({tokenizer.vocab_size} ids, length {tokenizer.length}) does not fit the "
-                            f"model ({cfg.text_vocab} ids, length {cfg.text_len})")
+            raise UserError(f"{run / paths.TEXT_DIR} ({tokenizer.vocab_size} ids, length {tokenizer.length}) does not "
+                            f"fit the model ({cfg.text_vocab} ids, length {cfg.text_len})")
         if vq.cfg.n_embed != cfg.image_vocab:
-            raise UserError(f"{run / VQ_DIR} has {vq.cfg.n_embed} codes but the model expects {cfg.image_vocab}")
+            raise UserError(f"{run / paths.VQ_DIR} has {vq.cfg.n_embed} codes but the model expects {cfg.image_vocab}")
+        if scorer is None and (run / paths.SCORER_DIR).is_dir():
+            scorer = run / paths.SCORER_DIR
         if isinstance(scorer, (str, Path)):
-            scorer = load_scorer(scorer, device)
-        return cls(model.to(device), tokenizer, vq, scorer)
+            scorer = load_scorer(scorer)
+        return cls(model, tokenizer, vq, scorer, load_preset(run), train_cfg.objective.cond_dropout > 0)
 
-    # ---------------------------------------------------------------- inputs and outputs
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
-    def _generator(self, seed: int) -> torch.Generator:
-        return torch.Generator(self.device).manual_seed(seed)  # on the model's device: no host round trip per draw
+    def to(self, device: str | torch.device) -> MAGVLTPipeline:
+        """Move the model, the VQ-GAN and a module scorer to `device`; returns the pipeline."""
+        self.model.to(device)
+        self.vq.to(device)
+        if isinstance(getattr(self.scorer, "model", None), torch.nn.Module):
+            self.scorer.model.to(device)
+        return self
+
+    # ---------------------------------------------------------------- tokens in and out
 
     def encode_text(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions -> (ids [B, L], lengths [B]) on the model's device; empty or too long -> UserError."""
-        if isinstance(captions, str):
-            captions = [captions]
         limit = self.tokenizer.length - 2
         for n, text in enumerate(captions):
             count = len(self.tokenizer.bpe_ids(text)) if isinstance(text, str) and text.strip() else 0
@@ -131,20 +159,16 @@ class MAGVLT:
         ids, lengths = self.tokenizer.encode(list(captions))
         return ids.to(self.device), lengths.to(self.device)
 
-    def decode_text(self, sample: sampling.Sample) -> list[str]:
-        return self.tokenizer.decode(sample.text.cpu(), sample.length.cpu())
-
-    def prepare_images(self, images) -> tuple[np.ndarray, torch.Tensor]:
-        """PIL images / uint8 arrays -> (pixels uint8 [B, H, W, 3] at the model's size, VQ codes [B, N_I])."""
-        images = _as_list(images)
-        if len(images) == 0:
+    def encode_images(self, images: list) -> tuple[np.ndarray, torch.Tensor]:
+        """Images -> (pixels uint8 [B, H, W, 3] at the model's size, VQ codes [B, N_I])."""
+        if not images:
             raise UserError("no images given")
-        pixels = np.stack([fit_image(im, self.image_size)[0] for im in images])
+        pixels = np.stack([fit_image(im, self.image_size) for im in images])
         return pixels, self.vq.encode(pixels).flatten(1).to(self.device)
 
     def decode_images(self, sample: sampling.Sample) -> np.ndarray:
         """uint8 [B, H, W, 3]; still-masked tokens are drawn grey (refinement frames)."""
-        pixels = self.vq.decode(sample.image, self.cfg.image_grid).numpy()
+        pixels = self.vq.decode(sample.image, self.cfg.image_grid).cpu().numpy()
         if sample.image_masked.any():
             f = self.vq.factor
             cells = sample.image_masked.view(-1, *self.cfg.image_grid).cpu().numpy()
@@ -152,80 +176,10 @@ class MAGVLT:
             pixels = np.where(masked[..., None], np.uint8(96), pixels)
         return pixels
 
-    def _check_options(self, guidance: float) -> None:
-        if self.cfg.causal and guidance != 0:
-            raise UserError("classifier-free guidance is implemented for MAGVLT's parallel decoding, not for ARGVLT runs")
-
-    def _check_bidirectional(self, task: str) -> None:
-        if self.cfg.causal:
-            raise UserError(f"{task} needs a MAGVLT model; this run is an ARGVLT (causal), which only does t2i and i2t")
-
-    def _best(self, sample: sampling.Sample, n: int, pixels: np.ndarray | None, captions: list[str] | None):
-        """Keep the best of every n consecutive candidates: by the scorer if any, else by mean log-probability."""
-        if n == 1:
-            return sample, pixels, captions
-        if self.scorer is not None:
-            pixels = pixels if pixels is not None else self.decode_images(sample)
-            captions = captions if captions is not None else self.decode_text(sample)
-            scores = self._scores(pixels, captions).to(sample.score.device)
-        else:
-            scores = sample.score
-        rows = best_of(scores, n)
-        picked = rows.cpu().numpy()
-        sample = sampling.select_rows(sample, rows)
-        return (sample, None if pixels is None else pixels[picked],
-                None if captions is None else [captions[i] for i in picked.tolist()])
-
-    def _scores(self, pixels: np.ndarray, captions: list[str]) -> torch.Tensor:
-        """The scorer's similarities; an empty caption (a barely trained model writes some) is not scored and loses."""
-        written = [i for i, c in enumerate(captions) if c.strip()]
-        scores = torch.full((len(captions),), float("-inf"))
-        if written:
-            scores[written] = self.scorer.score(pixels[written], [captions[i] for i in written]).float().cpu()
-        return scores
-
-    @staticmethod
-    def _chunks(n: int, per_chunk: int):
-        for lo in range(0, n, per_chunk):
-            yield slice(lo, min(n, lo + per_chunk))
-
-    # ---------------------------------------------------------------- tasks
-
-    def generate_images(self, captions: Sequence[str], *, steps: int = 10, temperature: float = 1.0,
-                        choice_temperature: float = 4.5, guidance: float = 0.0, top_k: int | None = None,
-                        top_p: float | None = None, candidates: int = 1, seed: int = 0, batch_size: int = 32,
-                        trace: bool = False):
-        """T2I (Sec. 4.2) -> list of PIL images; with trace, (images, frames) with frames[i] one image per step."""
-        self._check_options(guidance)
-        captions = [captions] if isinstance(captions, str) else list(captions)
-        ids, lengths = self.encode_text(captions)
-        gen, images, frames = self._generator(seed), [], []
-        for sl in self._chunks(len(ids), max(1, batch_size // candidates)):
-            text, length = ids[sl].repeat_interleave(candidates, 0), lengths[sl].repeat_interleave(candidates, 0)
-            if self.cfg.causal:
-                out = sampling.ar_generate_images(self.model, text, length, temperature=temperature, top_k=top_k,
-                                                  top_p=top_p, generator=gen)
-            else:
-                out = sampling.generate_images(self.model, text, length, steps=steps, temperature=temperature,
-                                               choice_temperature=choice_temperature, guidance=guidance,
-                                               generator=gen, trace=trace)
-            prompts = [c for c in captions[sl] for _ in range(candidates)]
-            out, pixels, _ = self._best(out, candidates, self.decode_images(out), prompts)
-            images += [Image.fromarray(p) for p in pixels]
-            frames += self._image_frames(out) if trace else []
-        return (images, frames) if trace else images
-
-    def _image_frames(self, sample: sampling.Sample) -> list[list[Image.Image]]:
-        """Per sample, one image per refinement step (ARGVLT: the result alone)."""
-        steps = [self.decode_images(s) for s in sample.trace or [sample]]
-        return [[Image.fromarray(step[i]) for step in steps] for i in range(len(sample.image))]
-
-    def _text_frames(self, sample: sampling.Sample) -> list[list[str]]:
-        steps = [self.render_masked_text(s) for s in sample.trace or [sample]]
-        return [[step[i] for step in steps] for i in range(len(sample.text))]
-
-    def render_masked_text(self, sample: sampling.Sample) -> list[str]:
-        """Texts with each still-masked token shown as '_' (refinement frames)."""
+    def decode_texts(self, sample: sampling.Sample) -> list[str]:
+        """Texts; a still-masked token is shown as "_" (refinement frames)."""
+        if not sample.text_masked.any():
+            return self.tokenizer.decode(sample.text.cpu(), sample.length.cpu())
         texts = []
         for ids, masked, n in zip(sample.text.tolist(), sample.text_masked.tolist(), sample.length.tolist()):
             words, run = [], []
@@ -239,138 +193,251 @@ class MAGVLT:
             texts.append(" ".join(w for w in words if w))
         return texts
 
-    def caption(self, images, *, steps: int = 12, length_beam: int = 1, length_temperature: float = 0.0,
-                temperature: float = 0.0, guidance: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                candidates: int = 1, seed: int = 0, batch_size: int = 32, trace: bool = False):
-        """I2T (Sec. 4.3) -> list of captions; with trace, (captions, frames) with frames[i] one string per step."""
-        self._check_options(guidance)
-        inputs, codes = self.prepare_images(images)
-        gen, captions, frames = self._generator(seed), [], []
-        for sl in self._chunks(len(codes), max(1, batch_size // candidates)):
-            image = codes[sl].repeat_interleave(candidates, 0)
-            if self.cfg.causal:
-                out = sampling.ar_generate_text(self.model, image, end_id=self.tokenizer.eot_id, temperature=temperature,
-                                                top_k=top_k, top_p=top_p, generator=gen)
-            else:
-                out = sampling.generate_text(self.model, image, steps=steps, length_beam=length_beam,
-                                             length_temperature=length_temperature, temperature=temperature,
-                                             guidance=guidance, generator=gen, trace=trace)
-            pixels = inputs[sl].repeat(candidates, axis=0)
-            out, _, texts = self._best(out, candidates, pixels, self.decode_text(out))
-            captions += texts
-            frames += self._text_frames(out) if trace else []
-        return (captions, frames) if trace else captions
-
-    def token_mask(self, mask, image_size: tuple[int, int], transform: tuple[float, float, float]) -> torch.Tensor:
-        """None (central half of the grid), a pixel box (x0, y0, x1, y1) of the input image, or a token mask."""
-        grid = self.cfg.image_grid
-        if mask is None:
-            return sampling.central_mask(grid, device=self.device)
-        if isinstance(mask, (tuple, list)) and len(mask) == 4 and not isinstance(mask[0], (list, tuple)):
-            scale, dx, dy = transform
-            x0, y0, x1, y1 = (float(v) for v in mask)
-            w, h = image_size
-            if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
-                raise UserError(f"box {tuple(mask)} must satisfy 0 <= x0 < x1 <= {w} and 0 <= y0 < y1 <= {h}")
-            H, W = self.image_size
-            box = (max(0.0, x0 * scale - dx), max(0.0, y0 * scale - dy), min(W, x1 * scale - dx), min(H, y1 * scale - dy))
-            if box[0] >= box[2] or box[1] >= box[3]:
-                raise UserError(f"box {tuple(mask)} falls outside the center crop the model sees")
-            return sampling.box_mask(box, (W, H), grid, device=self.device)
-        token_mask = torch.as_tensor(np.asarray(mask), dtype=torch.bool, device=self.device).flatten()
-        if token_mask.numel() != self.cfg.image_tokens:
-            raise UserError(f"a token mask needs {self.cfg.image_tokens} entries ({grid[0]}x{grid[1]}), got {token_mask.numel()}")
-        return token_mask
-
-    def inpaint(self, images, mask=None, caption: str | Sequence[str] = "", *, steps: int = 10, temperature: float = 1.0,
-                choice_temperature: float = 4.5, guidance: float = 0.0, candidates: int = 1, seed: int = 0,
-                trace: bool = False):
-        """Image inpainting / IT2I editing (Sec. 4.2): regenerate the masked tokens given the rest and the caption,
-        then blend the decoded pixels into the input along the mask boundary. One mask for all images."""
-        self._check_bidirectional("inpainting")
-        images = _as_list(images)
-        captions = [caption] * len(images) if isinstance(caption, str) else list(caption)
-        if len(captions) != len(images):
-            raise UserError(f"{len(images)} images but {len(captions)} captions")
-        pixels, codes = self.prepare_images(images)
-        first = images[0] if isinstance(images[0], Image.Image) else Image.fromarray(np.asarray(images[0], np.uint8))
-        token_mask = self.token_mask(mask, first.size, fit_image(first, self.image_size)[1])
-        ids, lengths = self.encode_text(captions)
-        n = candidates
-        out = sampling.inpaint(self.model, codes.repeat_interleave(n, 0), token_mask, ids.repeat_interleave(n, 0),
-                               lengths.repeat_interleave(n, 0), steps=steps, temperature=temperature,
-                               choice_temperature=choice_temperature, guidance=guidance,
-                               generator=self._generator(seed), trace=trace)
-        out, generated, _ = self._best(out, n, self.decode_images(out), [c for c in captions for _ in range(n)])
-        results = [Image.fromarray(blend(p, g, token_mask, self.cfg.image_grid)) for p, g in zip(pixels, generated)]
-        return (results, self._image_frames(out)) if trace else results
-
     def encode_masked_text(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Texts with [MASK] markers (one token each; none: the central half) -> (ids, lengths, span mask)."""
-        tok, rows, spans = self.tokenizer, [], []
+        plain = [t for t in texts if MASK_MARKER not in t]
+        plain_ids, plain_lengths = self.encode_text(plain) if plain else (None, None)
+        rows, k = [], 0
         for n, text in enumerate(texts):
-            if MASK_MARKER not in text:
-                rows.append(None)
+            if MASK_MARKER in text:
+                rows.append(self._marked(n, text))
                 continue
-            parts = [tok.bpe_ids(part) if part.strip() else [] for part in text.split(MASK_MARKER)]
-            ids, span = [tok.sot_id], [False]
-            for k, part in enumerate(parts):
-                if k:
-                    ids.append(0)
-                    span.append(True)
-                ids += part
-                span += [False] * len(part)
-            ids.append(tok.eot_id)
-            span.append(False)
-            if len(ids) > tok.length:
-                raise UserError(f"text {n + 1} is {len(ids) - 2} tokens with its masks; this model reads at most {tok.length - 2}")
-            rows.append((ids, span))
-        plain = [t for t, r in zip(texts, rows) if r is None]
-        plain_ids, plain_len = self.encode_text(plain) if plain else (None, None)
-        L, out_ids, out_len, out_span, k = tok.length, [], [], [], 0
-        for r in rows:
-            if r is None:
-                ids, length = plain_ids[k], plain_len[k]
-                span = sampling.central_span(length[None] - 2, L, start=1)[0]
-                k += 1
+            length = plain_lengths[k]
+            rows.append((plain_ids[k], length, sampling.central_span(length[None] - 2, self.tokenizer.length, start=1)[0]))
+            k += 1
+        ids, lengths, spans = zip(*rows)
+        return torch.stack(ids), torch.stack(lengths), torch.stack(spans)
+
+    def _marked(self, n: int, text: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ids, length, span) of one text with [MASK] markers: [sot, part, <masked>, part, ..., eot]."""
+        tok, ids, span = self.tokenizer, [self.tokenizer.sot_id], [False]
+        for k, part in enumerate(text.split(MASK_MARKER)):
+            if k:
+                ids, span = ids + [0], span + [True]
+            part_ids = tok.bpe_ids(part) if part.strip() else []
+            ids, span = ids + part_ids, span + [False] * len(part_ids)
+        ids, span = ids + [tok.eot_id], span + [False]
+        if len(ids) > tok.length:
+            raise UserError(f"text {n + 1} is {len(ids) - 2} tokens with its masks; this model reads at most {tok.length - 2}")
+        pad = tok.length - len(ids)
+        return (torch.tensor(ids + [0] * pad, device=self.device), torch.tensor(len(ids), device=self.device),
+                torch.tensor(span + [False] * pad, device=self.device))
+
+    # ---------------------------------------------------------------- options
+
+    def _preset(self, preset: str | Preset | None, steps: int | None, guidance_scale: float) -> Preset:
+        """The call's preset with its overrides, after refusing options that do not apply to this run."""
+        preset = get_preset(self.preset if preset is None else preset)
+        if guidance_scale > 1 and self.cfg.causal:
+            raise UserError("classifier-free guidance applies to MAGVLT's parallel decoding, not to ARGVLT runs")
+        if guidance_scale > 1 and not self.guidance_trained:
+            raise UserError("this run was trained without condition dropout (objective.cond_dropout = 0), so it has "
+                            "no unconditional model to guide against; use guidance_scale <= 1")
+        if steps is not None and self.cfg.causal:
+            raise UserError("num_inference_steps applies to MAGVLT; an ARGVLT run decodes one token per step")
+        if steps is not None:
+            preset.image = dataclasses.replace(preset.image, num_inference_steps=steps)
+            preset.text = dataclasses.replace(preset.text, num_inference_steps=steps)
+        return preset
+
+    def _require_magvlt(self, task: str, intermediates: bool = False) -> None:
+        if self.cfg.causal and (intermediates or task not in ("text-to-image", "captioning")):
+            what = "refinement intermediates" if intermediates else task
+            raise UserError(f"{what} needs a MAGVLT run; this is an ARGVLT (causal) run, which only does T2I and I2T")
+
+    @staticmethod
+    def _generators(generator: Generators | None, n: int, candidates: int) -> Generators | None:
+        """One generator for everything, or one per input (shared by its candidate rows)."""
+        if generator is None or isinstance(generator, torch.Generator):
+            return generator
+        if len(generator) != n:
+            raise UserError(f"{len(generator)} generators for {n} inputs: give one, or one per input")
+        return [g for g in generator for _ in range(candidates)]
+
+    @staticmethod
+    def _chunks(n: int, per_chunk: int) -> list[slice]:
+        return [slice(lo, min(n, lo + per_chunk)) for lo in range(0, n, max(1, per_chunk))]
+
+    def _best(self, out: sampling.Sample, n: int, pixels: np.ndarray, texts: list[str]):
+        """Keep the best of every n consecutive candidates: by the scorer if any, else by mean log-probability."""
+        if n == 1:
+            return out, pixels, texts
+        scores = self._scores(pixels, texts).to(out.score.device) if self.scorer is not None else out.score
+        rows = best_of(scores, n)
+        picked = rows.cpu().tolist()
+        return out.select(rows), pixels[picked], [texts[i] for i in picked]
+
+    def _scores(self, pixels: np.ndarray, texts: list[str]) -> torch.Tensor:
+        """The scorer's similarities; an empty caption (a barely trained model writes some) is not scored and loses."""
+        written = [i for i, c in enumerate(texts) if c.strip()]
+        scores = torch.full((len(texts),), float("-inf"))
+        if written:
+            scores[written] = self.scorer.score(pixels[written], [texts[i] for i in written]).float().cpu()
+        return scores
+
+    def _callback(self, callback: StepEndCallback | None, sl: slice):
+        if callback is None:
+            return None
+        return lambda step, sample: callback(self, step, step, {"sample": sample, "inputs": sl})
+
+    def _image_frames(self, out: sampling.Sample) -> list[list[Image.Image]]:
+        steps = [self.decode_images(s) for s in out.trace]
+        return [[Image.fromarray(step[i]) for step in steps] for i in range(len(out.image))]
+
+    def _text_frames(self, out: sampling.Sample) -> list[list[str]]:
+        steps = [self.decode_texts(s) for s in out.trace]
+        return [[step[i] for step in steps] for i in range(len(out.text))]
+
+    # ---------------------------------------------------------------- tasks
+
+    def __call__(self, prompt: str | Sequence[str], *, num_inference_steps: int | None = None,
+                 guidance_scale: float = 1.0, generator: Generators | None = None, num_candidates: int | None = None,
+                 preset: str | Preset | None = None, output_intermediates: bool = False,
+                 callback_on_step_end: StepEndCallback | None = None, batch_size: int = 32) -> ImagePipelineOutput:
+        """Text to image (Sec. 4.2): MaskGIT decoding (ARGVLT: token by token), the best of num_candidates kept."""
+        self._require_magvlt("text-to-image", output_intermediates or callback_on_step_end is not None)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        preset = self._preset(preset, num_inference_steps, guidance_scale)
+        k = _candidates(num_candidates, preset.image_candidates)
+        ids, lengths = self.encode_text(prompts)
+        generator = self._generators(generator, len(prompts), k)
+        images, frames = [], []
+        for sl in self._chunks(len(prompts), batch_size // k):
+            gen = generator[sl.start * k : sl.stop * k] if isinstance(generator, list) else generator
+            text, length = ids[sl].repeat_interleave(k, 0), lengths[sl].repeat_interleave(k, 0)
+            if self.cfg.causal:
+                s = preset.image
+                out = sampling.ar_generate_images(self.model, text, length, temperature=s.temperature, top_k=s.top_k,
+                                                  top_p=s.top_p, generator=gen)
             else:
-                ids = torch.tensor(r[0] + [0] * (L - len(r[0])), device=self.device)
-                span = torch.tensor(r[1] + [False] * (L - len(r[1])), device=self.device)
-                length = torch.tensor(len(r[0]), device=self.device)
-            out_ids.append(ids)
-            out_len.append(length)
-            out_span.append(span)
-        return torch.stack(out_ids), torch.stack(out_len), torch.stack(out_span)
+                out = sampling.generate_images(self.model, text, length, preset.image, guidance_scale=guidance_scale,
+                                               generator=gen, trace=output_intermediates,
+                                               callback=self._callback(callback_on_step_end, sl))
+            out, pixels, _ = self._best(out, k, self.decode_images(out), [p for p in prompts[sl] for _ in range(k)])
+            images += [Image.fromarray(p) for p in pixels]
+            frames += self._image_frames(out) if output_intermediates else []
+        return ImagePipelineOutput(images, frames if output_intermediates else None)
 
-    def infill(self, texts: str | Sequence[str], images, *, steps: int = 12, temperature: float = 0.0,
-               guidance: float = 0.0, candidates: int = 1, seed: int = 0, trace: bool = False):
-        """Text infilling / IT2T editing (Sec. 4.3): regenerate the [MASK] tokens (default: the central half of the
-        caption's tokens) given the rest and the image -> list of full captions."""
-        self._check_bidirectional("text infilling")
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        inputs, codes = self.prepare_images(images)
-        if len(texts) != len(codes):
-            raise UserError(f"{len(codes)} images but {len(texts)} texts")
+    def caption(self, image, *, num_inference_steps: int | None = None, guidance_scale: float = 1.0,
+                generator: Generators | None = None, num_candidates: int | None = None,
+                preset: str | Preset | None = None, output_intermediates: bool = False,
+                callback_on_step_end: StepEndCallback | None = None, batch_size: int = 32) -> TextPipelineOutput:
+        """Image to text (Sec. 4.3): the length from <BOT>, then Mask-Predict; the best of num_candidates kept."""
+        self._require_magvlt("captioning", output_intermediates or callback_on_step_end is not None)
+        images = as_list(image)
+        preset = self._preset(preset, num_inference_steps, guidance_scale)
+        k = _candidates(num_candidates, preset.text_candidates)
+        pixels, codes = self.encode_images(images)
+        generator = self._generators(generator, len(images), k)
+        texts, frames = [], []
+        for sl in self._chunks(len(images), batch_size // k):
+            gen = generator[sl.start * k : sl.stop * k] if isinstance(generator, list) else generator
+            codes_k = codes[sl].repeat_interleave(k, 0)
+            if self.cfg.causal:
+                s = preset.text
+                out = sampling.ar_generate_text(self.model, codes_k, end_id=self.tokenizer.eot_id,
+                                                temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=gen)
+            else:
+                out = sampling.generate_text(self.model, codes_k, preset.text, guidance_scale=guidance_scale,
+                                             generator=gen, trace=output_intermediates,
+                                             callback=self._callback(callback_on_step_end, sl))
+            out, _, written = self._best(out, k, pixels[sl].repeat(k, axis=0), self.decode_texts(out))
+            texts += written
+            frames += self._text_frames(out) if output_intermediates else []
+        return TextPipelineOutput(texts, frames if output_intermediates else None)
+
+    def inpaint(self, image, mask_image=None, prompt: str | Sequence[str] = "", *, num_inference_steps: int | None = None,
+                guidance_scale: float = 1.0, generator: Generators | None = None, num_candidates: int | None = None,
+                preset: str | Preset | None = None, output_intermediates: bool = False,
+                callback_on_step_end: StepEndCallback | None = None) -> ImagePipelineOutput:
+        """Inpainting / IT2I editing (Sec. 4.2): regenerate the tokens under the white part of mask_image (the
+        input's size; `magvlt.images.mask_tokens` gives the rule) from the rest and the prompt, then blend the
+        new pixels in along the mask boundary. mask_image None: the central half of the token grid (Sec. 4.2)."""
+        self._require_magvlt("inpainting")
+        images = as_list(image)
+        prompts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != len(images):
+            raise UserError(f"{len(images)} images but {len(prompts)} prompts")
+        preset = self._preset(preset, num_inference_steps, guidance_scale)
+        k = _candidates(num_candidates, preset.image_candidates)
+        masks = torch.stack([self._token_mask(im, m) for im, m in zip(images, self._masks(mask_image, len(images)))])
+        pixels, codes = self.encode_images(images)
+        ids, lengths = self.encode_text(prompts)
+        out = sampling.inpaint(self.model, codes.repeat_interleave(k, 0), masks.repeat_interleave(k, 0),
+                               ids.repeat_interleave(k, 0), lengths.repeat_interleave(k, 0), preset.image,
+                               guidance_scale=guidance_scale, generator=self._generators(generator, len(images), k),
+                               trace=output_intermediates,
+                               callback=self._callback(callback_on_step_end, slice(0, len(images))))
+        out, generated, _ = self._best(out, k, self.decode_images(out), [p for p in prompts for _ in range(k)])
+        grid = self.cfg.image_grid
+        results = [Image.fromarray(blend(p, g, m, grid)) for p, g, m in zip(pixels, generated, masks)]
+        return ImagePipelineOutput(results, self._image_frames(out) if output_intermediates else None)
+
+    @staticmethod
+    def _masks(mask_image, n: int) -> list:
+        if mask_image is None or isinstance(mask_image, (Image.Image, np.ndarray)):
+            return [mask_image] * n
+        masks = list(mask_image)
+        if len(masks) != n:
+            raise UserError(f"{n} images but {len(masks)} masks")
+        return masks
+
+    def _token_mask(self, image, mask_image) -> torch.Tensor:
+        if mask_image is None:
+            return sampling.central_mask(self.cfg.image_grid, device=self.device)
+        size, mask_size = as_pil(image).size, as_pil(mask_image, "L").size
+        if size != mask_size:
+            raise UserError(f"the mask is {mask_size[0]}x{mask_size[1]} but the image is {size[0]}x{size[1]}")
+        return mask_tokens(mask_image, self.image_size, self.cfg.image_grid).to(self.device)
+
+    def infill(self, image, text: str | Sequence[str], *, num_inference_steps: int | None = None,
+               guidance_scale: float = 1.0, generator: Generators | None = None, num_candidates: int | None = None,
+               preset: str | Preset | None = None, output_intermediates: bool = False,
+               callback_on_step_end: StepEndCallback | None = None) -> TextPipelineOutput:
+        """Text infilling / IT2T editing (Sec. 4.3): regenerate the [MASK] tokens (none: the central half of the
+        text's tokens) given the rest and the image."""
+        self._require_magvlt("text infilling")
+        images = as_list(image)
+        texts = [text] * len(images) if isinstance(text, str) else list(text)
+        if len(texts) != len(images):
+            raise UserError(f"{len(images)} images but {len(texts)} texts")
+        preset = self._preset(preset, num_inference_steps, guidance_scale)
+        k = _candidates(num_candidates, preset.text_candidates)
+        pixels, codes = self.encode_images(images)
         ids, lengths, span = self.encode_masked_text(texts)
-        n = candidates
-        out = sampling.infill(self.model, codes.repeat_interleave(n, 0), ids.repeat_interleave(n, 0),
-                              lengths.repeat_interleave(n, 0), span.repeat_interleave(n, 0), steps=steps,
-                              temperature=temperature, guidance=guidance, generator=self._generator(seed), trace=trace)
-        out, _, captions = self._best(out, n, inputs.repeat(n, axis=0), self.decode_text(out))
-        return (captions, self._text_frames(out)) if trace else captions
+        out = sampling.infill(self.model, codes.repeat_interleave(k, 0), ids.repeat_interleave(k, 0),
+                              lengths.repeat_interleave(k, 0), span.repeat_interleave(k, 0), preset.text,
+                              guidance_scale=guidance_scale, generator=self._generators(generator, len(images), k),
+                              trace=output_intermediates,
+                              callback=self._callback(callback_on_step_end, slice(0, len(images))))
+        out, _, written = self._best(out, k, pixels.repeat(k, axis=0), self.decode_texts(out))
+        return TextPipelineOutput(written, self._text_frames(out) if output_intermediates else None)
 
-    def generate_pairs(self, n: int, *, steps: int = 10, temperature: float = 1.0, choice_temperature: float = 4.5,
-                       seed: int = 0, batch_size: int = 32, trace: bool = False):
-        """Unconditional image + caption pairs (App. D) -> list of (PIL image, caption)."""
-        self._check_bidirectional("joint generation")
+    def generate_pairs(self, n: int, *, num_inference_steps: int | None = None, generator: Generators | None = None,
+                       preset: str | Preset | None = None, output_intermediates: bool = False,
+                       callback_on_step_end: StepEndCallback | None = None, batch_size: int = 32) -> PairsPipelineOutput:
+        """Unconditional image + caption pairs (App. D), both refined in the image scheduler's steps."""
+        self._require_magvlt("joint generation")
         if n < 1:
             raise UserError(f"the number of pairs must be >= 1, got {n}")
-        gen, pairs, frames = self._generator(seed), [], []
+        preset = self._preset(preset, num_inference_steps, 1.0)
+        text_scheduler = dataclasses.replace(preset.text, num_inference_steps=preset.image.num_inference_steps)
+        generator = self._generators(generator, n, 1)
+        images, texts, frames = [], [], []
         for sl in self._chunks(n, batch_size):
-            out = sampling.generate_pairs(self.model, sl.stop - sl.start, steps=steps, temperature=temperature,
-                                          choice_temperature=choice_temperature, generator=gen, device=self.device,
-                                          trace=trace)
-            pairs += [(Image.fromarray(p), c) for p, c in zip(self.decode_images(out), self.decode_text(out))]
-            if trace:
+            gen = generator[sl] if isinstance(generator, list) else generator
+            out = sampling.generate_pairs(self.model, sl.stop - sl.start, preset.image, text_scheduler, generator=gen,
+                                          device=self.device, trace=output_intermediates,
+                                          callback=self._callback(callback_on_step_end, sl))
+            images += [Image.fromarray(p) for p in self.decode_images(out)]
+            texts += self.decode_texts(out)
+            if output_intermediates:
                 frames += [list(zip(i, t)) for i, t in zip(self._image_frames(out), self._text_frames(out))]
-        return (pairs, frames) if trace else pairs
+        return PairsPipelineOutput(images, texts, frames if output_intermediates else None)
+
+
+def _candidates(given: int | None, default: int) -> int:
+    k = default if given is None else given
+    if k < 1:
+        raise UserError(f"num_candidates must be >= 1, got {k}")
+    return k

@@ -104,14 +104,16 @@ def measure(run_dir: Path, split: str, n: int, seed: int, caption_metrics) -> di
     """Judge accuracy of T2I and I2T on a shapes split, I2T CIDEr, and decode seconds per sample."""
     from magvlt.data.shapes import iter_split, phrasings
     from magvlt.eval.judge import judge_captions, judge_images
-    from magvlt.pipeline import MAGVLT
+    import torch
 
-    pipe = MAGVLT.load(run_dir)
+    from magvlt.pipeline import MAGVLTPipeline
+
+    pipe = MAGVLTPipeline.from_pretrained(run_dir)
     images, captions, scenes = next(iter_split(split, n, seed=1000 + seed, size=pipe.image_size[0], chunk=n))
     start = time.perf_counter()
-    generated = pipe.generate_images(captions, seed=seed)
+    generated = pipe(captions, preset="default", generator=torch.Generator().manual_seed(seed)).images
     t2i_seconds = (time.perf_counter() - start) / n
-    written = pipe.caption(images, seed=seed)
+    written = pipe.caption(images, preset="default", generator=torch.Generator().manual_seed(seed)).texts
     read = judge_captions(written, captions)
     return {
         "t2i": judge_images(generated, captions)["exact"],

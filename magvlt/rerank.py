@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from magvlt.checkpoint import load_weights, save_weights
+from magvlt.paths import CONFIG, TEXT_DIR, WEIGHTS
 from magvlt.config import load_json, save_json
 from magvlt.errors import UserError
 
-CONFIG, WEIGHTS, TEXT_DIR = "config.json", "model.safetensors", "text"
 
 
 @dataclass

@@ -1,13 +1,20 @@
-"""Test helpers: a tiny learnable tokenized data set written with ShardWriter, and the env for subprocess runs."""
+"""Test helpers: a tiny learnable tokenized data set written with ShardWriter, a tiny run directory, and the env
+for subprocess runs."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from magvlt.checkpoint import save_weights
+from magvlt.config import ModelConfig, TrainConfig, VQConfig, save_json
+from magvlt.data.shapes import render_split
 from magvlt.data.tokenized import ShardWriter
+from magvlt.model import Transformer
 from magvlt.text import CaptionBPE
+from magvlt.vq import VQGAN, save_vq
 
 GRID, IMAGE_VOCAB, TEXT_VOCAB, TEXT_LEN = (4, 4), 16, 12, 6
 COLORS, SHAPES = ("red", "green", "blue", "yellow", "purple"), ("circle", "square", "triangle")
@@ -43,3 +50,20 @@ def write_synthetic(out: Path, n: int = 256, seed: int = 0, shard_size: int = 10
     writer.add({"image": codes, "image_half_w": grid[:, :, ::2], "image_half_h": grid[:, ::2], "text": text,
                 "length": length}, captions)
     return writer.close()
+
+
+VQ = VQConfig(resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8, embed_dim=8, n_embed=32)
+
+
+def write_run(root: Path, causal: bool = False) -> Path:
+    """config.json, model.safetensors, text/ and vq/ of an untrained tiny model on 16x16 images (8x8 tokens)."""
+    _, captions = render_split("train", 200, seed=0, size=16)
+    tok = CaptionBPE.train(captions, vocab_size=128, length=20)
+    tok.save(root / "text")
+    torch.manual_seed(0)
+    save_vq(VQGAN(VQ), root / "vq")
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=32, image_vocab=VQ.n_embed, image_grid=(8, 8),
+                      text_vocab=tok.vocab_size, text_len=tok.length, causal=causal)
+    save_json(TrainConfig(model=cfg), root / "config.json")
+    save_weights(root / "model.safetensors", Transformer(cfg).state_dict())
+    return root

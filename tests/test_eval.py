@@ -10,6 +10,7 @@ from magvlt.cli import main
 from magvlt.errors import UserError
 from magvlt.eval.metrics import FID, CaptionMetrics
 from magvlt.eval.run import EvalData, evaluate, load_data, markdown, shapes_data, write_report
+from magvlt.pipeline import ImagePipelineOutput, TextPipelineOutput
 
 N = 12
 
@@ -40,37 +41,37 @@ class Oracle:
         self.truth = {im.tobytes(): c for im, c in zip(data.images, data.captions)}
         self.calls = []
 
-    def generate_images(self, captions, **kw):
-        self.calls.append(("t2i", len(captions), kw))
-        return [Image.fromarray(self.render[c]) for c in captions]
+    def __call__(self, prompts, **kw):
+        self.calls.append(("t2i", len(prompts), kw))
+        return ImagePipelineOutput([Image.fromarray(self.render[c]) for c in prompts])
 
     def caption(self, images, **kw):
         self.calls.append(("i2t", len(images), kw))
-        return [self.truth[np.asarray(im).tobytes()] for im in images]
+        return TextPipelineOutput([self.truth[np.asarray(im).tobytes()] for im in images])
 
-    def inpaint(self, images, mask, captions, **kw):
-        assert mask is None and len(captions) == len(images)  # None: the central half of the grid
+    def inpaint(self, images, mask_image, prompts, **kw):
+        assert mask_image is None and len(prompts) == len(images)  # None: the central half of the grid
         self.calls.append(("inpaint", len(images), kw))
-        return [Image.fromarray(im) for im in images]
+        return ImagePipelineOutput([Image.fromarray(im) for im in images])
 
-    def infill(self, texts, images, **kw):
+    def infill(self, images, texts, **kw):
         self.calls.append(("infill", len(images), kw))
-        return [self.truth[np.asarray(im).tobytes()] for im in images]
+        return TextPipelineOutput([self.truth[np.asarray(im).tobytes()] for im in images])
 
 
 class Wrong(Oracle):
     """Blank images with a grey square, and a caption outside the grammar."""
 
-    def generate_images(self, captions, **kw):
+    def __call__(self, prompts, **kw):
         im = np.zeros((32, 32, 3), np.uint8)
         im[8:24, 8:24] = 128
-        return [Image.fromarray(im)] * len(captions)
+        return ImagePipelineOutput([Image.fromarray(im)] * len(prompts))
 
     def caption(self, images, **kw):
-        return ["the blue"] * len(images)
+        return TextPipelineOutput(["the blue"] * len(images))
 
-    inpaint = lambda self, images, mask, captions, **kw: self.generate_images(captions)
-    infill = lambda self, texts, images, **kw: self.caption(images)
+    inpaint = lambda self, images, mask_image, prompts, **kw: self(prompts)
+    infill = lambda self, images, texts, **kw: self.caption(images)
 
 
 class TruthScorer:
@@ -97,7 +98,8 @@ def test_a_perfect_pipeline_scores_the_maximum(data, captions):
         assert out[task]["meteor"] == pytest.approx(100) and out[task]["rouge_l"] == pytest.approx(100)
     assert out["t2i"]["inception_score"] is None and out["t2i"]["inception_score_unavailable"]
     assert [c[1] for c in oracle.calls if c[0] == "t2i"] == [5, 5, 2]  # batches with a progress bar
-    assert [c[2]["seed"] for c in oracle.calls if c[0] == "t2i"] == [0, 1, 2]
+    seeds = [[g.initial_seed() for g in c[2]["generator"]] for c in oracle.calls if c[0] == "t2i"]
+    assert seeds == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]  # input i draws from seed + i, whatever the batch
 
 
 def test_a_wrong_pipeline_scores_low(data, captions):
@@ -113,13 +115,14 @@ def test_a_wrong_pipeline_scores_low(data, captions):
             assert bad[task][key] < good[task][key] / 2, (task, key)
 
 
-def test_reranking_asks_for_candidates_and_samples_text(data, captions):
+def test_reranking_and_the_preset_are_passed_to_the_pipeline(data, captions):
     oracle = Oracle(data)
-    out = evaluate(oracle, data, ("t2i", "i2t"), n=4, rerank_candidates=3, caption_metrics=captions, fid=None)
+    out = evaluate(oracle, data, ("t2i", "i2t"), n=4, num_candidates=3, preset="demo", caption_metrics=captions,
+                   fid=None)
     assert out["t2i"]["fid"] is None and out["t2i"]["fid_unavailable"] and out["fid_features"] is None
     kwargs = {task: kw for task, _, kw in oracle.calls}
-    assert kwargs["t2i"]["candidates"] == 3 and "temperature" not in kwargs["t2i"]
-    assert kwargs["i2t"] == {"candidates": 3, "seed": 0, "temperature": 1.0}
+    assert kwargs["t2i"]["num_candidates"] == 3 and kwargs["i2t"]["preset"] == "demo"
+    assert out["preset"] == "demo" and out["rerank"]["image_candidates"] == out["rerank"]["text_candidates"] == 3
 
 
 def test_report_files(data, captions, tmp_path):

@@ -7,32 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from magvlt.checkpoint import save_weights
 from magvlt.cli import main
-from magvlt.config import ModelConfig, TrainConfig, VQConfig, save_json
 from magvlt.data.shapes import render_split
 from magvlt.errors import UserError
-from magvlt.model import Transformer
-from magvlt.pipeline import MAGVLT, blend
-from magvlt.text import CaptionBPE
-from magvlt.vq import VQGAN, save_vq
-
-VQ = VQConfig(resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8, embed_dim=8, n_embed=32)
-
-
-def write_run(root, causal=False):
-    """config.json, model.safetensors, text/ and vq/ of an untrained tiny model on 16x16 images (8x8 tokens)."""
-    _, captions = render_split("train", 200, seed=0, size=16)
-    tok = CaptionBPE.train(captions, vocab_size=128, length=20)
-    tok.save(root / "text")
-    torch.manual_seed(0)
-    save_vq(VQGAN(VQ), root / "vq")
-    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=32, image_vocab=VQ.n_embed, image_grid=(8, 8),
-                      text_vocab=tok.vocab_size, text_len=tok.length, causal=causal)
-    save_json(TrainConfig(model=cfg), root / "config.json")
-    save_weights(root / "model.safetensors", Transformer(cfg).state_dict())
-    return root
-
+from magvlt.images import blend, mask_tokens
+from magvlt.pipeline import MAGVLTPipeline, save_preset
+from magvlt.schedulers import get_preset
+from synthetic import write_run
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
@@ -41,7 +22,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipe(run):
-    return MAGVLT.load(run, device="cpu")
+    return MAGVLTPipeline.from_pretrained(run)
 
 
 @pytest.fixture(scope="module")
@@ -50,26 +31,70 @@ def images():
     return [Image.fromarray(im) for im in ims]
 
 
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
 def test_every_task_returns_pil_images_and_strings(pipe, images):
-    out = pipe.generate_images(["a large red circle", "a small blue square on the left"], steps=3)
-    assert [im.size for im in out] == [(16, 16)] * 2 and all(im.mode == "RGB" for im in out)
-    captions = pipe.caption(images, steps=3)
+    out = pipe(["a large red circle", "a small blue square on the left"], num_inference_steps=3)
+    assert [im.size for im in out.images] == [(16, 16)] * 2 and all(im.mode == "RGB" for im in out.images)
+    assert out.intermediates is None
+    captions = pipe.caption(images, num_inference_steps=3).texts
     assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
-    assert len(pipe.inpaint(images, caption="a large red circle", steps=2)) == 3
-    filled = pipe.infill(["a large [MASK] circle"] * 3, images, steps=2)
+    assert len(pipe.inpaint(images, None, "a large red circle", num_inference_steps=2).images) == 3
+    filled = pipe.infill(images, ["a large [MASK] circle"] * 3, num_inference_steps=2).texts
     assert all(c.startswith("a large ") and c.endswith(" circle") for c in filled)
-    assert len(pipe.infill("a large green triangle on the top", images[0], steps=2)) == 1
-    pairs = pipe.generate_pairs(2, steps=2)
-    assert len(pairs) == 2 and pairs[0][0].size == (16, 16) and isinstance(pairs[0][1], str)
+    assert len(pipe.infill(images[0], "a large green triangle on the top", num_inference_steps=2).texts) == 1
+    pairs = pipe.generate_pairs(2, num_inference_steps=2)
+    assert len(pairs.images) == 2 and pairs.images[0].size == (16, 16) and isinstance(pairs.texts[0], str)
 
 
-def test_seeded_and_traced(pipe):
-    a, frames = pipe.generate_images(["a large red circle"], steps=4, seed=3, trace=True)
-    b = pipe.generate_images(["a large red circle"], steps=4, seed=3)
-    assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
-    assert len(frames) == 1 and len(frames[0]) == 4 and np.array_equal(np.asarray(frames[0][-1]), np.asarray(a[0]))
-    _, text_frames = pipe.caption([np.zeros((16, 16, 3), np.uint8)], steps=5, trace=True)
-    assert len(text_frames[0]) == 5 and "_" in text_frames[0][0]
+def test_seeded_and_with_intermediates(pipe):
+    a = pipe("a large red circle", num_inference_steps=4, generator=_gen(3), output_intermediates=True)
+    b = pipe("a large red circle", num_inference_steps=4, generator=_gen(3))
+    assert np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
+    frames = a.intermediates
+    assert len(frames) == 1 and len(frames[0]) == 4 and np.array_equal(np.asarray(frames[0][-1]), np.asarray(a.images[0]))
+    text = pipe.caption(np.zeros((16, 16, 3), np.uint8), num_inference_steps=5, output_intermediates=True)
+    assert len(text.intermediates[0]) == 5 and "_" in text.intermediates[0][0]
+
+
+def test_a_generator_per_prompt_makes_each_output_independent_of_the_batch(pipe):
+    prompts = ["a large red circle", "a small blue square on the left", "a small white triangle"]
+    batch = pipe(prompts, num_inference_steps=3, generator=[_gen(s) for s in (1, 2, 3)]).images
+    alone = pipe(prompts[1], num_inference_steps=3, generator=[_gen(2)]).images
+    assert np.array_equal(np.asarray(batch[1]), np.asarray(alone[0]))
+    with pytest.raises(UserError, match="one per input"):
+        pipe(prompts, generator=[_gen(1)])
+
+
+def test_callback_on_step_end_sees_every_step(pipe):
+    calls = []
+
+    def callback(p, step, timestep, kwargs):
+        calls.append((step, p.decode_images(kwargs["sample"]).shape, kwargs["inputs"]))
+
+    pipe(["a large red circle", "a small white triangle"], num_inference_steps=3, callback_on_step_end=callback)
+    assert [c[0] for c in calls] == [0, 1, 2] and calls[0][1] == (2, 16, 16, 3) and calls[0][2] == slice(0, 2)
+
+
+def test_presets_by_name_and_object(pipe, images):
+    greedy = get_preset("official").greedy()
+    a = pipe.caption(images, preset=greedy, num_candidates=1, generator=_gen(0)).texts
+    b = pipe.caption(images, preset=greedy, num_candidates=1, generator=_gen(1)).texts
+    assert a == b
+    with pytest.raises(UserError, match="choose one of"):
+        pipe("a large red circle", preset="nonsense")
+    with pytest.raises(UserError, match="num_candidates"):
+        pipe("a large red circle", num_candidates=0)
+
+
+def test_a_run_samples_with_its_own_preset(run, tmp_path):
+    for item in run.iterdir():
+        (tmp_path / item.name).symlink_to(item)
+    save_preset(get_preset("demo"), tmp_path)
+    assert MAGVLTPipeline.from_pretrained(tmp_path).preset == get_preset("demo")
+    assert MAGVLTPipeline.from_pretrained(run).preset == get_preset("default")
 
 
 def test_candidates_keep_the_best_by_scorer(pipe):
@@ -80,7 +105,7 @@ def test_candidates_keep_the_best_by_scorer(pipe):
 
     pipe.scorer = scorer = Redness()
     try:
-        best = pipe.generate_images(["a large red circle", "a small blue square"], steps=2, candidates=5, seed=0)
+        best = pipe(["a large red circle", "a small blue square"], num_inference_steps=2, num_candidates=5).images
     finally:
         pipe.scorer = None
     assert scorer.seen.shape == (10, 16, 16, 3)
@@ -97,16 +122,31 @@ def test_reranking_never_scores_or_keeps_an_empty_caption(pipe, images, monkeypa
             return torch.tensor([float(len(c)) for c in captions])
 
     written = ["", "a b", "", "", "", ""]  # image 0: one caption written among three; image 1: none
-    monkeypatch.setattr(pipe, "decode_text", lambda sample: list(written))
+    monkeypatch.setattr(pipe, "decode_texts", lambda sample: list(written))
     monkeypatch.setattr(pipe, "scorer", Length())
-    assert pipe.caption(images[:2], steps=2, candidates=3, temperature=1.0) == ["a b", ""]
+    assert pipe.caption(images[:2], num_inference_steps=2, num_candidates=3).texts == ["a b", ""]
     assert pipe.scorer.seen == ["a b"]
 
 
-def test_inpainting_keeps_the_pixels_far_from_the_box(pipe, images):
-    out = pipe.inpaint(images[:1], (0, 0, 8, 8), "a small red circle", steps=2)[0]
+def test_inpainting_keeps_the_pixels_far_from_the_mask(pipe, images):
+    mask = Image.new("L", (16, 16), 0)
+    mask.paste(255, (0, 0, 8, 8))
+    out = pipe.inpaint(images[0], mask, "a small red circle", num_inference_steps=2).images[0]
     original = np.asarray(images[0])
     assert np.array_equal(np.asarray(out)[12:, 12:], original[12:, 12:])
+    assert not np.array_equal(np.asarray(out)[:6, :6], original[:6, :6])
+
+
+def test_mask_image_rule_any_white_pixel_marks_its_token():
+    mask = Image.new("L", (32, 32), 0)
+    mask.putpixel((17, 0), 255)  # x = 17 lies in token column 2 of a 4x4 grid over 32 px (8 px a cell)
+    tokens = mask_tokens(mask, (32, 32), (4, 4)).view(4, 4)
+    assert tokens.tolist() == [[False, False, True, False]] + [[False] * 4] * 3
+    big = Image.new("L", (64, 64), 0)
+    big.paste(255, (32, 32, 64, 64))  # fitted to 32 px like its image: the lower right quarter
+    assert mask_tokens(big, (32, 32), (4, 4)).view(4, 4)[2:, 2:].all()
+    with pytest.raises(UserError, match="all black"):
+        mask_tokens(Image.new("L", (32, 32), 0), (32, 32), (4, 4))
 
 
 def test_blend_is_the_input_outside_and_the_generation_inside():
@@ -119,28 +159,44 @@ def test_blend_is_the_input_outside_and_the_generation_inside():
 
 
 def test_argvlt_run_generates_and_captions(tmp_path, images):
-    pipe = MAGVLT.load(write_run(tmp_path, causal=True), device="cpu")
-    assert pipe.generate_images(["a large red circle"], top_k=5)[0].size == (16, 16)
-    assert isinstance(pipe.caption(images[:1])[0], str)
-    with pytest.raises(UserError, match="ARGVLT"):
-        pipe.inpaint(images[:1], caption="a large red circle")
+    pipe = MAGVLTPipeline.from_pretrained(write_run(tmp_path, causal=True))
+    assert pipe("a large red circle", preset=_top_k(5)).images[0].size == (16, 16)
+    assert isinstance(pipe.caption(images[:1]).texts[0], str)
+    for call in (lambda: pipe.inpaint(images[:1], None, "a large red circle"),
+                 lambda: pipe("a large red circle", output_intermediates=True),
+                 lambda: pipe("a large red circle", num_inference_steps=4)):
+        with pytest.raises(UserError, match="ARGVLT"):
+            call()
+
+
+def _top_k(k):
+    preset = get_preset("default")
+    preset.image = dataclasses.replace(preset.image, top_k=k)
+    return preset
+
+
+def test_options_that_do_not_apply_are_errors(pipe, images):
+    with pytest.raises(UserError, match="condition dropout"):
+        pipe("a large red circle", guidance_scale=3.0)
+    with pytest.raises(UserError, match="mask is 8x8 but the image is 16x16"):
+        pipe.inpaint(images[0], Image.new("L", (8, 8), 255), "a large red circle")
+    with pytest.raises(UserError, match="2 images but 1 prompts"):
+        pipe.inpaint(images[:2], None, ["a large red circle"])
 
 
 def test_bad_run_directories_and_inputs_are_user_errors(tmp_path, run, pipe):
     with pytest.raises(UserError, match="missing"):
-        MAGVLT.load(tmp_path)
+        MAGVLTPipeline.from_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"junk")
     for name in ("text", "vq"):
         (tmp_path / name).symlink_to(run / name)
     (tmp_path / "config.json").write_text((run / "config.json").read_text())
     with pytest.raises(UserError, match="safetensors"):
-        MAGVLT.load(tmp_path)
+        MAGVLTPipeline.from_pretrained(tmp_path)
     with pytest.raises(UserError, match="empty"):
-        pipe.generate_images(["  "])
+        pipe(["  "])
     with pytest.raises(UserError, match="at most"):
-        pipe.generate_images(["a large red circle " * 10])
-    with pytest.raises(UserError, match="box"):
-        pipe.inpaint([np.zeros((16, 16, 3), np.uint8)], (4, 4, 2, 2), "a large red circle")
+        pipe(["a large red circle " * 10])
 
 
 def test_cli_writes_pngs_jsonl_and_gifs(tmp_path, run, images, capsys):
@@ -176,6 +232,9 @@ def test_cli_writes_pngs_jsonl_and_gifs(tmp_path, run, images, capsys):
     (["t2i", "--prompt", "a large red circle " * 10], "at most"),
     (["i2t", "--image", "{tmp}/broken.png"], "cannot read image"),
     (["i2t", "--image", "{tmp}/ok.png", "--model", "{tmp}"], "not a complete run"),
+    (["i2t", "--image", "{tmp}/ok.png", "--preset", "fastest"], "unknown preset"),
+    (["t2i", "--prompt", "a large red circle", "--guidance-scale", "3"], "condition dropout"),
+    (["inpaint", "--image", "{tmp}/ok.png", "--caption", "a red circle", "--box", "4,4,2,2"], "box"),
 ])
 def test_cli_bad_input_exits_2_with_a_message(tmp_path, run, capsys, argv, message):
     (tmp_path / "broken.png").write_bytes(b"not a png")

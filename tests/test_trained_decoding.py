@@ -15,7 +15,8 @@ from magvlt.data.shapes import COLORS, render_split
 from magvlt.data.tokenize import tokenize_pairs
 from magvlt.eval.judge import ATTRIBUTES, judge_captions, judge_images
 from magvlt.model import Transformer
-from magvlt.pipeline import MAGVLT
+from magvlt.pipeline import MAGVLTPipeline
+from magvlt.schedulers import get_preset
 from magvlt.text import CaptionBPE
 from magvlt.train.loop import train
 
@@ -56,10 +57,13 @@ def test_palette_quantizer_is_exact_on_renders():
     assert np.array_equal(q.decode(q.encode(images).flatten(1), (8, 8)).numpy(), images)
 
 
+GREEDY = get_preset("default").greedy()
+
+
 def _judge(pipe, images, captions) -> tuple[dict, dict]:
     """The judge on greedy T2I images and I2T captions (a briefly trained model's best guesses)."""
-    generated = pipe.generate_images(captions, steps=8, temperature=0.0, choice_temperature=0.0)
-    written = pipe.caption(images, steps=8)
+    generated = pipe(captions, num_inference_steps=8, preset=GREEDY).images
+    written = pipe.caption(images, num_inference_steps=8, preset=GREEDY).texts
     return judge_images(np.stack([np.asarray(im) for im in generated]), captions), judge_captions(written, captions)
 
 
@@ -84,7 +88,7 @@ def test_trained_model_beats_untrained_under_the_judge(tmp_path, one_thread):
                    progress=False)
     cfg = TrainConfig(model=ModelConfig(n_layer=2, n_head=2, n_embd=64, dropout=0.0, attn_dropout=0.0),
                       objective=ObjectiveConfig(task_weights=(1.0, 1.0, 0.0), unroll_mask=False, mix="off"),
-                      steps=300, batch_size=32, lr=3e-3, warmup_steps=20, bpe_dropout=0.0, bf16=False, ckpt_every=1000)
+                      steps=300, batch_size=32, lr=3e-3, warmup_steps=20, bpe_dropout=0.0, precision="fp32", ckpt_every=1000)
     train(cfg, tmp_path / "data", tmp_path / "run", progress=False)
     model_cfg = load_json(TrainConfig, tmp_path / "run" / "config.json").model
     trained = Transformer(model_cfg)
@@ -95,8 +99,8 @@ def test_trained_model_beats_untrained_under_the_judge(tmp_path, one_thread):
     val_images, val_captions = render_split("val", 200, seed=0, size=16)
     one = [i for i, c in enumerate(val_captions) if " of " not in c and " above " not in c and " below " not in c][:48]
     val_images, val_captions = val_images[one], [val_captions[i] for i in one]
-    t2i, i2t = _judge(MAGVLT(trained, tok, quantizer), val_images, val_captions)
-    t2i_untrained, i2t_untrained = _judge(MAGVLT(untrained, tok, quantizer), val_images, val_captions)
+    t2i, i2t = _judge(MAGVLTPipeline(trained, tok, quantizer), val_images, val_captions)
+    t2i_untrained, i2t_untrained = _judge(MAGVLTPipeline(untrained, tok, quantizer), val_images, val_captions)
     # images: the right number of objects (noise scores on single attributes by luck, never on the count)
     assert t2i["count"] > t2i_untrained["count"] + 20
     # captions: inside the grammar and right about the object

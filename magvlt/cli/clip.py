@@ -47,7 +47,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_score(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from magvlt.pipeline import read_image
+    from magvlt.images import read_image
     from magvlt.rerank import load_scorer
 
     scorer = load_scorer(args.scorer)

@@ -16,8 +16,9 @@ def register(subparsers) -> None:
                    help="shapes:SPLIT[:N] (e.g. shapes:val:500), or a folder / tar shards of image-caption pairs")
     p.add_argument("--tasks", default="t2i,i2t,inpaint,infill", help="comma-separated: t2i,i2t,inpaint,infill")
     p.add_argument("--n", type=int, default=500, help="number of pairs to evaluate (default 500)")
-    p.add_argument("--candidates", type=int, default=1,
-                   help="rerank: sample K candidates per input and keep the best (default 1: no reranking)")
+    p.add_argument("--preset", help="decoding preset: default, paper, official, demo (default: the run's own)")
+    p.add_argument("--candidates", type=int,
+                   help="rerank: sample K candidates per input and keep the best (default: the preset's)")
     p.add_argument("--scorer", type=Path,
                    help="contrastive scorer directory (`magvlt clip train`): reranks and gives the CLIP score")
     p.add_argument("--references", type=Path, help="COCO-format caption file with the references of --data pairs")
@@ -33,22 +34,25 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from magvlt.errors import UserError
     from magvlt.eval.metrics import FID
     from magvlt.eval.run import TASKS, evaluate, markdown, write_report
-    from magvlt.pipeline import MAGVLT
+    from magvlt.pipeline import MAGVLTPipeline
 
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     if not tasks or any(t not in TASKS for t in tasks):
         raise UserError(f"--tasks {args.tasks!r}: choose from {', '.join(TASKS)}")
-    if args.n < 2 or args.candidates < 1 or args.batch_size < 1:
+    if args.n < 2 or (args.candidates or 1) < 1 or args.batch_size < 1:
         raise UserError("--n must be >= 2, --candidates and --batch-size >= 1")
     if args.scorer is not None and not args.scorer.is_dir():
         raise UserError(f"--scorer {args.scorer} is not a directory")
-    pipeline = MAGVLT.load(args.model, device=args.device, scorer=args.scorer)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipeline = MAGVLTPipeline.from_pretrained(args.model, scorer=args.scorer).to(device)
     fid = None if args.no_fid or not {"t2i", "inpaint"} & set(tasks) else FID.inception(args.inception, pipeline.device)
-    results = evaluate(pipeline, args.data, tasks, n=args.n, rerank_candidates=args.candidates, seed=args.seed,
-                       batch_size=args.batch_size, fid=fid, references=args.references)
+    results = evaluate(pipeline, args.data, tasks, n=args.n, num_candidates=args.candidates, seed=args.seed,
+                       batch_size=args.batch_size, preset=args.preset, fid=fid, references=args.references)
     results["model"] = str(args.model)
     paths = write_report(results, args.out if args.out is not None else args.model / "eval")
     print(markdown(results))

@@ -11,20 +11,25 @@ from magvlt.errors import UserError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def _common(parser: argparse.ArgumentParser, steps: int, temperature: float) -> None:
-    parser.add_argument("--model", type=Path, required=True, help="run directory from `magvlt train`")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same output)")
-    parser.add_argument("--steps", type=int, default=steps, help=f"refinement steps (default {steps})")
-    parser.add_argument("--temperature", type=float, default=temperature,
-                        help=f"sampling temperature of the tokens, 0 = argmax (default {temperature})")
+def _common(parser: argparse.ArgumentParser, modality: str) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="run directory from `magvlt train` or `magvlt convert`")
+    parser.add_argument("--preset", help="decoding preset: default, paper, official, demo (default: the run's own)")
+    parser.add_argument("--greedy", action="store_true", help="argmax tokens, no confidence noise, deterministic re-masking")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; input i draws from seed + i (same seed, same output)")
+    parser.add_argument("--steps", type=int, help="refinement steps (default: the preset's)")
+    parser.add_argument("--temperature", type=float, help="sampling temperature of the tokens, 0 = argmax (default: the preset's)")
+    parser.add_argument("--top-k", type=int, help="sample among the top-k tokens (default: the preset's)")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling (default: the preset's)")
+    if modality == "image":
+        parser.add_argument("--choice-temperature", type=float, help="MaskGIT's confidence noise at the first step")
     parser.add_argument("--gif", type=Path, metavar="DIR", help="also write each sample's refinement as DIR/NNNN.gif")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
 
 def _guided(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--guidance", type=float, default=0.0,
-                        help="classifier-free guidance scale, 0 = off (for models trained with condition dropout)")
-    parser.add_argument("--candidates", type=int, default=1, help="samples per input; the best is kept (paper: 32 / 64)")
+    parser.add_argument("--guidance-scale", type=float, default=1.0,
+                        help="classifier-free guidance, > 1 to use (models trained with condition dropout)")
+    parser.add_argument("--candidates", type=int, help="samples per input, the best is kept (default: the preset's)")
     parser.add_argument("--scorer", type=Path, help="reranker directory from `magvlt clip train` (else: model likelihood)")
 
 
@@ -33,42 +38,38 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
 
     t2i = sub.add_parser("t2i", help="text to image: numbered PNGs in --out")
-    _common(t2i, 10, 1.0)
+    _common(t2i, "image")
     _guided(t2i)
     src = t2i.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a caption (repeat for several)")
     src.add_argument("--prompts", type=Path, help="a text file with one caption per line")
     t2i.add_argument("--out", type=Path, required=True, help="output directory")
-    t2i.add_argument("--choice-temperature", type=float, default=4.5, help="MaskGIT's annealed confidence noise")
-    t2i.add_argument("--top-k", type=int, help="ARGVLT runs: sample among the top-k tokens")
-    t2i.add_argument("--top-p", type=float, help="ARGVLT runs: nucleus sampling")
     t2i.set_defaults(func=run_t2i)
 
     i2t = sub.add_parser("i2t", help="image to text: captions as JSON lines")
-    _common(i2t, 12, 0.0)
+    _common(i2t, "text")
     _guided(i2t)
     _images(i2t)
     i2t.add_argument("--out", type=Path, help="JSON-lines output file (default: print to stdout)")
-    i2t.add_argument("--length-beam", type=int, default=1, help="decode the top-k predicted lengths, keep the best")
-    i2t.add_argument("--length-temperature", type=float, default=0.0,
+    i2t.add_argument("--length-beam", type=int, help="decode the top-k predicted lengths, keep the best")
+    i2t.add_argument("--length-temperature", type=float,
                      help="sample each caption's length at this temperature (0 = the most likely length); "
                           "lets --candidates differ in length")
-    i2t.add_argument("--top-k", type=int, help="ARGVLT runs: sample among the top-k tokens")
-    i2t.add_argument("--top-p", type=float, help="ARGVLT runs: nucleus sampling")
     i2t.set_defaults(func=run_i2t)
 
     inpaint = sub.add_parser("inpaint", help="regenerate part of an image from the rest and a caption")
-    _common(inpaint, 10, 1.0)
+    _common(inpaint, "image")
     _guided(inpaint)
     _images(inpaint)
     inpaint.add_argument("--caption", required=True, help="caption of the wanted image")
-    inpaint.add_argument("--box", help="x0,y0,x1,y1 pixel box to regenerate (default: the central half of the grid)")
+    where = inpaint.add_mutually_exclusive_group()
+    where.add_argument("--mask", type=Path, help="mask image of the input's size, white = regenerate")
+    where.add_argument("--box", help="x0,y0,x1,y1 pixel box to regenerate (default: the central half of the grid)")
     inpaint.add_argument("--out", type=Path, required=True, help="output directory")
-    inpaint.add_argument("--choice-temperature", type=float, default=4.5, help="MaskGIT's annealed confidence noise")
     inpaint.set_defaults(func=run_inpaint)
 
     infill = sub.add_parser("infill", help="regenerate part of a caption given the rest and the image")
-    _common(infill, 12, 0.0)
+    _common(infill, "text")
     _guided(infill)
     _images(infill)
     infill.add_argument("--text", required=True,
@@ -77,10 +78,9 @@ def register(subparsers) -> None:
     infill.set_defaults(func=run_infill)
 
     joint = sub.add_parser("joint", help="unconditional image + caption pairs (App. D)")
-    _common(joint, 10, 1.0)
+    _common(joint, "image")
     joint.add_argument("-n", type=int, default=4, help="number of pairs")
     joint.add_argument("--out", type=Path, required=True, help="output directory (PNGs and captions.jsonl)")
-    joint.add_argument("--choice-temperature", type=float, default=4.5, help="MaskGIT's annealed confidence noise")
     joint.set_defaults(func=run_joint)
 
 
@@ -91,13 +91,39 @@ def _images(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    from magvlt.pipeline import MAGVLT
+    import torch
 
-    if getattr(args, "candidates", 1) < 1:
-        raise UserError(f"--candidates must be >= 1, got {args.candidates}")
-    if args.steps < 1:
-        raise UserError(f"--steps must be >= 1, got {args.steps}")
-    return MAGVLT.load(args.model, device=args.device, scorer=getattr(args, "scorer", None))
+    from magvlt.pipeline import MAGVLTPipeline
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return MAGVLTPipeline.from_pretrained(args.model, scorer=getattr(args, "scorer", None)).to(device)
+
+
+_OVERRIDES = {"image": {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "choice_temperature": "noise"},
+              "text": {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "length_beam": "length_beam",
+                       "length_temperature": "length_temperature"}}
+
+
+def _options(args, pipe, modality: str, n: int) -> dict:
+    """The pipeline's keyword arguments from the command line: the preset with the flags given, one generator per
+    input, steps, candidates and guidance where the task has them."""
+    import dataclasses
+
+    import torch
+
+    from magvlt.schedulers import get_preset
+
+    preset = get_preset(args.preset or pipe.preset)
+    preset = preset.greedy() if args.greedy else preset
+    for m, fields in _OVERRIDES.items():
+        given = {field: getattr(args, flag) for flag, field in fields.items() if getattr(args, flag, None) is not None}
+        if given:
+            setattr(preset, m, dataclasses.replace(getattr(preset, m), **given))
+    options = {"preset": preset, "num_inference_steps": args.steps, "output_intermediates": args.gif is not None,
+               "generator": [torch.Generator().manual_seed(args.seed + i) for i in range(n)]}
+    if hasattr(args, "candidates"):
+        options.update(num_candidates=args.candidates, guidance_scale=args.guidance_scale)
+    return options
 
 
 def read_prompts(args) -> list[str]:
@@ -125,7 +151,7 @@ def image_paths(args) -> list[Path]:
 
 
 def read_images(paths: list[Path]):
-    from magvlt.pipeline import read_image
+    from magvlt.images import read_image
 
     return [read_image(p) for p in paths]
 
@@ -148,11 +174,6 @@ def write_jsonl(records: list[dict], out: Path | None) -> None:
 
     atomic_write_text(out, text)
     print(f"wrote {len(records)} lines to {out}", file=sys.stderr)
-
-
-def _with_frames(result, trace: bool):
-    """(outputs, frames): a pipeline call returns frames only when asked for them."""
-    return result if trace else (result, None)
 
 
 def frame_image(image, text: str | None = None, side: int = 256):
@@ -195,14 +216,11 @@ def write_gifs(frames: list[list], out: Path, ms: int = 300) -> None:
 def run_t2i(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     pipe = _load(args)
-    images, frames = _with_frames(pipe.generate_images(
-        prompts, steps=args.steps, temperature=args.temperature, choice_temperature=args.choice_temperature,
-        guidance=args.guidance, top_k=args.top_k, top_p=args.top_p, candidates=args.candidates, seed=args.seed,
-        trace=args.gif is not None), args.gif is not None)
-    for path, prompt in zip(write_pngs(images, args.out), prompts):
+    out = pipe(prompts, **_options(args, pipe, "image", len(prompts)))
+    for path, prompt in zip(write_pngs(out.images, args.out), prompts):
         print(f"{path}\t{prompt}")
-    if frames:
-        write_gifs([[frame_image(f) for f in sample] for sample in frames], args.gif)
+    if out.intermediates:
+        write_gifs([[frame_image(f) for f in sample] for sample in out.intermediates], args.gif)
     return 0
 
 
@@ -210,13 +228,9 @@ def run_i2t(args: argparse.Namespace) -> int:
     paths = image_paths(args)
     images = read_images(paths)
     pipe = _load(args)
-    captions, frames = _with_frames(pipe.caption(
-        images, steps=args.steps, length_beam=args.length_beam, length_temperature=args.length_temperature,
-        temperature=args.temperature, guidance=args.guidance,
-        top_k=args.top_k, top_p=args.top_p, candidates=args.candidates, seed=args.seed, trace=args.gif is not None),
-        args.gif is not None)
-    write_jsonl([{"image": str(p), "caption": c} for p, c in zip(paths, captions)], args.out)
-    _text_gifs(pipe, images, frames, args.gif)
+    out = pipe.caption(images, **_options(args, pipe, "text", len(images)))
+    write_jsonl([{"image": str(p), "caption": c} for p, c in zip(paths, out.texts)], args.out)
+    _text_gifs(pipe, images, out.intermediates, args.gif)
     return 0
 
 
@@ -226,42 +240,52 @@ def _text_gifs(pipe, images, frames, out: Path | None) -> None:
         return
     from PIL import Image
 
-    from magvlt.pipeline import fit_image
+    from magvlt.images import fit_image
 
     gifs = []
     for image, steps in zip(images, frames):
-        pixels = Image.fromarray(fit_image(image, pipe.image_size)[0])
+        pixels = Image.fromarray(fit_image(image, pipe.image_size))
         gifs.append([frame_image(pixels, t) for t in steps])
     write_gifs(gifs, out)
 
 
-def _box(text: str | None):
-    if text is None:
+def _mask_image(args, images):
+    """The --mask file, or a --box drawn white on black at the inputs' size; None for the central half."""
+    if args.mask is not None:
+        from magvlt.images import read_image
+
+        return read_image(args.mask).convert("L")
+    if args.box is None:
         return None
     try:
-        box = tuple(float(v) for v in text.split(","))
+        box = tuple(float(v) for v in args.box.split(","))
     except ValueError:
         box = ()
     if len(box) != 4:
-        raise UserError(f"--box must be four numbers x0,y0,x1,y1, got {text!r}")
-    return box
+        raise UserError(f"--box must be four numbers x0,y0,x1,y1, got {args.box!r}")
+    sizes = {im.size for im in images}
+    if len(sizes) > 1:
+        raise UserError("--box needs images of one size")
+    (w, h), (x0, y0, x1, y1) = sizes.pop(), box
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        raise UserError(f"box {args.box} must satisfy 0 <= x0 < x1 <= {w} and 0 <= y0 < y1 <= {h}")
+    from PIL import Image, ImageDraw
+
+    mask = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(mask).rectangle((x0, y0, x1 - 1, y1 - 1), fill=255)
+    return mask
 
 
 def run_inpaint(args: argparse.Namespace) -> int:
-    box = _box(args.box)
     paths = image_paths(args)
     images = read_images(paths)
-    if len({im.size for im in images}) > 1 and box is not None:
-        raise UserError("--box needs images of one size")
+    mask = _mask_image(args, images)
     pipe = _load(args)
-    results, frames = _with_frames(pipe.inpaint(
-        images, box, args.caption, steps=args.steps, temperature=args.temperature,
-        choice_temperature=args.choice_temperature, guidance=args.guidance, candidates=args.candidates,
-        seed=args.seed, trace=args.gif is not None), args.gif is not None)
-    for path, source in zip(write_pngs(results, args.out), paths):
+    out = pipe.inpaint(images, mask, args.caption, **_options(args, pipe, "image", len(images)))
+    for path, source in zip(write_pngs(out.images, args.out), paths):
         print(f"{path}\t{source}")
-    if frames:
-        write_gifs([[frame_image(f) for f in sample] for sample in frames], args.gif)
+    if out.intermediates:
+        write_gifs([[frame_image(f) for f in sample] for sample in out.intermediates], args.gif)
     return 0
 
 
@@ -269,23 +293,19 @@ def run_infill(args: argparse.Namespace) -> int:
     paths = image_paths(args)
     images = read_images(paths)
     pipe = _load(args)
-    captions, frames = _with_frames(pipe.infill(
-        [args.text] * len(images), images, steps=args.steps, temperature=args.temperature, guidance=args.guidance,
-        candidates=args.candidates, seed=args.seed, trace=args.gif is not None), args.gif is not None)
-    write_jsonl([{"image": str(p), "text": args.text, "caption": c} for p, c in zip(paths, captions)], args.out)
-    _text_gifs(pipe, images, frames, args.gif)
+    out = pipe.infill(images, args.text, **_options(args, pipe, "text", len(images)))
+    write_jsonl([{"image": str(p), "text": args.text, "caption": c} for p, c in zip(paths, out.texts)], args.out)
+    _text_gifs(pipe, images, out.intermediates, args.gif)
     return 0
 
 
 def run_joint(args: argparse.Namespace) -> int:
     pipe = _load(args)
-    pairs, frames = _with_frames(pipe.generate_pairs(
-        args.n, steps=args.steps, temperature=args.temperature, choice_temperature=args.choice_temperature,
-        seed=args.seed, trace=args.gif is not None), args.gif is not None)
-    paths = write_pngs([image for image, _ in pairs], args.out)
-    write_jsonl([{"image": p.name, "caption": c} for p, (_, c) in zip(paths, pairs)], args.out / "captions.jsonl")
-    for path, (_, caption) in zip(paths, pairs):
+    out = pipe.generate_pairs(args.n, **_options(args, pipe, "image", args.n))
+    paths = write_pngs(out.images, args.out)
+    write_jsonl([{"image": p.name, "caption": c} for p, c in zip(paths, out.texts)], args.out / "captions.jsonl")
+    for path, caption in zip(paths, out.texts):
         print(f"{path}\t{caption}")
-    if frames:
-        write_gifs([[frame_image(im, t) for im, t in sample] for sample in frames], args.gif)
+    if out.intermediates:
+        write_gifs([[frame_image(im, t) for im, t in sample] for sample in out.intermediates], args.gif)
     return 0

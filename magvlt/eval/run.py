@@ -1,8 +1,9 @@
 """Evaluation runs (Sec. 4): T2I, I2T, inpainting and infilling of a pipeline on held-out pairs, with the paper's
 metrics and, on shapes-world data, the exact judge.
 
-Any object with the methods of `magvlt.pipeline.MAGVLT` (generate_images, caption, inpaint, infill, taking
-`candidates=` and `seed=`) and an `image_size` can be evaluated, so the metrics can be checked on stand-ins.
+Any object that is called and has the methods of `magvlt.pipeline.MAGVLTPipeline` (caption, inpaint, infill, each
+taking `num_candidates=`, `generator=` and `preset=` and returning `.images` or `.texts`) and an `image_size`
+can be evaluated, so the metrics can be checked on stand-ins.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from magvlt.errors import UserError
 from magvlt.eval.judge import judge_captions, judge_images, parse_caption
 from magvlt.eval.metrics import (INCEPTION_SCORE_UNAVAILABLE, FID, CaptionMetrics, as_uint8, clip_score, coco_references,
                                  repeat_rate)
-from magvlt.pipeline import fit_image
+from magvlt.images import fit_image
+from magvlt.schedulers import Preset, get_preset
 
 TASKS = ("t2i", "i2t", "inpaint", "infill")
 TEXT_TASKS = ("i2t", "infill")
@@ -69,7 +71,7 @@ def pairs_data(path: str | Path, n: int, image_size: tuple[int, int], references
     pairs = list(itertools.islice(iter_pairs(path), n))
     if not pairs:
         raise UserError(f"no pairs found at {path}")
-    images = np.stack([fit_image(p.image, image_size)[0] for p in pairs])
+    images = np.stack([fit_image(p.image, image_size) for p in pairs])
     captions = [p.caption for p in pairs]
     scenes = [parse_caption(c) for c in captions]
     shapes = all(s is not None for s in scenes)
@@ -102,20 +104,22 @@ def _chunks(n: int, size: int, desc: str):
 
 
 class _Run:
-    """One evaluation: the pipeline, the data, the shared metric objects and the per-task sampling options."""
+    """One evaluation: the pipeline, the data, the shared metric objects and the decoding options."""
 
-    def __init__(self, pipeline, data: EvalData, candidates: int, scorer, seed: int, batch_size: int,
-                 options: dict, captions: CaptionMetrics | None, fid: FID | None):
+    def __init__(self, pipeline, data: EvalData, candidates: int | None, scorer, seed: int, batch_size: int,
+                 preset: str | Preset | None, captions: CaptionMetrics | None, fid: FID | None):
         self.pipeline, self.data, self.k, self.scorer, self.seed = pipeline, data, candidates, scorer, seed
-        self.chunk = max(1, batch_size // candidates)
-        self.options, self.captions, self.fid = options, captions, fid
+        self.chunk = max(1, batch_size // (candidates or 1))
+        self.preset, self.captions, self.fid = preset, captions, fid
         self.generate_seconds: dict[str, float] = {}
 
     def _generate(self, task: str, call) -> list:
-        """call(slice, **kwargs) over chunks of the data, each chunk seeded with seed + its index; timed."""
+        """call(slice, **kwargs) over chunks of the data, input i drawing from its own generator seeded seed + i
+        (so results do not depend on the chunk size); timed."""
         out, start = [], time.perf_counter()
-        for i, sl in enumerate(_chunks(len(self.data.captions), self.chunk, task)):
-            out += call(sl, candidates=self.k, seed=self.seed + i, **self.options.get(task, {}))
+        for sl in _chunks(len(self.data.captions), self.chunk, task):
+            generators = [torch.Generator().manual_seed(self.seed + i) for i in range(sl.start, sl.stop)]
+            out += call(sl, num_candidates=self.k, generator=generators, preset=self.preset)
         self.generate_seconds[task] = round(time.perf_counter() - start, 2)
         return out
 
@@ -142,29 +146,29 @@ class _Run:
 
     def t2i(self) -> dict:
         d, p = self.data, self.pipeline
-        images = as_uint8(self._generate("t2i", lambda sl, **kw: p.generate_images(d.captions[sl], **kw)))
+        images = as_uint8(self._generate("t2i", lambda sl, **kw: p(d.captions[sl], **kw).images))
         out = self._image_metrics(images)
         out.update(inception_score=None, inception_score_unavailable=INCEPTION_SCORE_UNAVAILABLE)
         return out
 
     def i2t(self) -> dict:
         d, p = self.data, self.pipeline
-        return self._text_metrics(self._generate("i2t", lambda sl, **kw: p.caption(d.images[sl], **kw)))
+        return self._text_metrics(self._generate("i2t", lambda sl, **kw: p.caption(d.images[sl], **kw).texts))
 
     def inpaint(self) -> dict:
         d, p = self.data, self.pipeline
-        images = self._generate("inpaint", lambda sl, **kw: p.inpaint(d.images[sl], None, d.captions[sl], **kw))
+        images = self._generate("inpaint", lambda sl, **kw: p.inpaint(d.images[sl], None, d.captions[sl], **kw).images)
         return self._image_metrics(as_uint8(images))
 
     def infill(self) -> dict:
         d, p = self.data, self.pipeline
-        captions = self._generate("infill", lambda sl, **kw: p.infill(d.captions[sl], d.images[sl], **kw))
+        captions = self._generate("infill", lambda sl, **kw: p.infill(d.images[sl], d.captions[sl], **kw).texts)
         return self._text_metrics(captions)
 
 
 def evaluate(pipeline, data: str | Path | EvalData, tasks: Sequence[str] = TASKS, *, n: int = 500,
-             rerank_candidates: int = 1, scorer=None, seed: int = 0, batch_size: int = 32,
-             options: dict[str, dict] | None = None, caption_metrics: CaptionMetrics | None = None,
+             num_candidates: int | None = None, scorer=None, seed: int = 0, batch_size: int = 32,
+             preset: str | Preset | None = None, caption_metrics: CaptionMetrics | None = None,
              fid: FID | str | None = "inception", references: Path | None = None) -> dict:
     """Run the tasks on the first n pairs of `data` and measure them (Sec. 4.2-4.3).
 
@@ -172,9 +176,8 @@ def evaluate(pipeline, data: str | Path | EvalData, tasks: Sequence[str] = TASKS
     BLEU-4, METEOR, ROUGE-L, CIDEr (SPICE where available), judge. inpaint: the central half of the token grid
     regenerated given the rest and the caption -> FID, CLIP score, judge. infill: the central half of the
     caption's tokens regenerated given the rest and the image -> caption metrics, judge.
-    rerank_candidates > 1 samples that many candidates per input and keeps the pipeline's best (by its scorer,
-    Sec. 4.2-4.3); text tasks then sample at temperature 1 unless `options` says otherwise, since greedy
-    decoding would give identical candidates. `scorer` (default: the pipeline's) gives the CLIP score.
+    Outputs are decoded with `preset` (default: the pipeline's own) and the best of num_candidates (default: the
+    preset's) kept by the pipeline's scorer (Sec. 4.2-4.3). `scorer` (default: the pipeline's) gives the CLIP score.
     fid: "inception" (FID.inception on the pipeline's device), an FID object (pass one to reuse its memoized
     real-image features across evaluations), or None to skip FID (it costs ~0.2 CPU-seconds per image).
     `caption_metrics` may be passed in likewise to reuse one METEOR process (~12 CPU-seconds to start).
@@ -183,30 +186,24 @@ def evaluate(pipeline, data: str | Path | EvalData, tasks: Sequence[str] = TASKS
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise UserError(f"unknown task(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(TASKS)}")
-    if n < 2 or rerank_candidates < 1 or batch_size < 1:
-        raise UserError(f"need n >= 2, candidates >= 1 and batch size >= 1, got {n}, {rerank_candidates}, {batch_size}")
+    if n < 2 or (num_candidates or 1) < 1 or batch_size < 1:
+        raise UserError(f"need n >= 2, candidates >= 1 and batch size >= 1, got {n}, {num_candidates}, {batch_size}")
     if not isinstance(data, EvalData):
         data = load_data(data, n, tuple(pipeline.image_size), references)
     data = data.head(n)
     if len(data.captions) < 2:
         raise UserError(f"{data.name} has {len(data.captions)} pair(s); evaluation needs at least 2")
     scorer = scorer if scorer is not None else getattr(pipeline, "scorer", None)
-    options = {t: dict((options or {}).get(t, {})) for t in tasks}
-    if rerank_candidates > 1:
-        for t in TEXT_TASKS:
-            if t in options:
-                options[t].setdefault("temperature", 1.0)
     own_captions = caption_metrics is None and any(t in TEXT_TASKS for t in tasks)
     captions = CaptionMetrics() if own_captions else caption_metrics
     if fid == "inception":
         fid = FID.inception(device=getattr(pipeline, "device", None)) if {"t2i", "inpaint"} & set(tasks) else None
     elif fid is not None and not isinstance(fid, FID):
         raise UserError(f"fid must be 'inception', an FID object or None, got {fid!r}")
-    run = _Run(pipeline, data, rerank_candidates, scorer, seed, batch_size, options, captions, fid)
-    by = "contrastive scorer" if getattr(pipeline, "scorer", None) is not None else "model log-probability"
+    run = _Run(pipeline, data, num_candidates, scorer, seed, batch_size, preset, captions, fid)
     results = {
         "data": data.name, "n": len(data.captions), "seed": seed,
-        "rerank": {"candidates": rerank_candidates, "by": None if rerank_candidates == 1 else by},
+        "preset": preset if isinstance(preset, str) else None, "rerank": _rerank(pipeline, preset, num_candidates),
         "fid_features": None if fid is None else fid.name,
     }
     try:
@@ -219,6 +216,15 @@ def evaluate(pipeline, data: str | Path | EvalData, tasks: Sequence[str] = TASKS
         if own_captions:
             captions.close()
     return results
+
+
+def _rerank(pipeline, preset: str | Preset | None, num_candidates: int | None) -> dict:
+    """How many candidates per input the pipeline decodes (images, texts) and what picks the best."""
+    resolved = get_preset(preset or pipeline.preset) if preset or hasattr(pipeline, "preset") else None
+    image = num_candidates or (resolved.image_candidates if resolved else 1)
+    text = num_candidates or (resolved.text_candidates if resolved else 1)
+    by = "contrastive scorer" if getattr(pipeline, "scorer", None) is not None else "model log-probability"
+    return {"image_candidates": image, "text_candidates": text, "by": None if image == text == 1 else by}
 
 
 # ---------------------------------------------------------------- report
@@ -250,8 +256,9 @@ def markdown(results: dict) -> str:
     """The results as markdown tables (image tasks, text tasks) with notes on what each metric used."""
     lines = [f"# magvlt eval: {results['data']} (n = {results['n']}, seed {results['seed']})", ""]
     rerank = results["rerank"]
-    lines.append("Reranking: off." if rerank["candidates"] == 1 else
-                 f"Reranking: best of {rerank['candidates']} candidates by {rerank['by']}.")
+    k = (rerank["image_candidates"], rerank["text_candidates"])
+    lines.append("Reranking: off." if k == (1, 1) else
+                 f"Reranking: best of {k[0]} images / {k[1]} texts by {rerank['by']}.")
     image_tasks = [t for t in ("t2i", "inpaint") if t in results]
     text_tasks = [t for t in TEXT_TASKS if t in results]
     judged = any("judge" in results[t] for t in image_tasks + text_tasks)

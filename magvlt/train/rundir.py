@@ -1,11 +1,5 @@
-"""A training run's directory: config, weights, training state, tokenizer copies, metrics and the loss curve.
-
-    out/config.json         TrainConfig (model fields as fitted to the data)
-    out/model.safetensors   Transformer weights
-    out/train_state.pt      step, optimizer, data position, elapsed time (torch.save; weights_only loadable)
-    out/text/, out/vq/      copies of the tokenizers the data was built with, so a run is self-contained
-    out/metrics.jsonl       one JSON object per log step
-    out/loss.png            loss terms against the step
+"""Writing a training run's directory (file names in `magvlt.paths`): config, weights and training state,
+tokenizer copies (so a run is self-contained), metrics (one JSON object per log step) and the loss curve.
 
 The weights and the training state are committed together: both are staged as complete files, a commit
 record names them, then they are renamed into place. A crash at any point leaves either the previous pair
@@ -23,10 +17,10 @@ from safetensors.torch import save_file
 
 from magvlt.checkpoint import atomic_write, atomic_write_text, load_torch, load_weights
 from magvlt.errors import UserError
+from magvlt.paths import CONFIG, METRICS, PLOT, STATE, TEXT_DIR, VQ_DIR, WEIGHTS
 
-CONFIG, WEIGHTS, STATE = "config.json", "model.safetensors", "train_state.pt"
-METRICS, PLOT, COMMIT = "metrics.jsonl", "loss.png", ".commit.json"
-TOKENIZER_DIRS = {"text_dir": "text", "vq_dir": "vq"}
+COMMIT = ".commit.json"
+TOKENIZER_DIRS = {"text_dir": TEXT_DIR, "vq_dir": VQ_DIR}
 
 
 def save_checkpoint(out: Path, weights: dict[str, torch.Tensor], state: dict) -> None:

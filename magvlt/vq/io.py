@@ -8,9 +8,9 @@ import torch
 from magvlt.checkpoint import load_weights, save_weights
 from magvlt.config import VQConfig, load_json, save_json
 from magvlt.errors import UserError
+from magvlt.paths import CONFIG, WEIGHTS
 from magvlt.vq.model import VQGAN
 
-CONFIG, WEIGHTS = "config.json", "model.safetensors"
 
 
 def _listing(names, limit: int = 5) -> str:
