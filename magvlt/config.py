@@ -96,7 +96,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.96)
     grad_clip: float = 4.0
     bpe_dropout: float = 0.1  # text BPE dropout while training (0 at inference)
-    bf16: bool = True  # autocast on CPU and CUDA
+    precision: str = "auto"  # "auto": bf16 autocast where the hardware has fast bf16 (magvlt.precision); "bf16"; "fp32"
     compile: bool = False
     fsdp: bool = False  # FSDP2 fully_shard instead of DDP under torchrun
     seed: int = 0

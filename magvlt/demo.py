@@ -12,11 +12,16 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from magvlt.config import TRAIN_PRESETS, VQ_PRESETS, TrainConfig, preset
+
+if TYPE_CHECKING:  # torch-backed modules load lazily, so registering the CLI stays fast
+    import torch
+
+    from magvlt.schedulers import Preset
 
 
 @dataclass
@@ -84,27 +89,52 @@ def demo_train_config(cfg: DemoConfig, steps: int, name: str = "tiny") -> TrainC
     return train
 
 
-def calibrate_steps(train_cfg: TrainConfig, data_dir: Path, minutes: float, probe: Path) -> int:
-    """How many optimizer steps fit in `minutes` on this machine: a step of each task timed on a short real run
-    (after warm-up), weighted by the task mix, since the tasks' objectives take two to four forwards (timing the
-    mix itself over a few steps overestimated a 50-minute run by a third)."""
-    from magvlt.objectives import TASKS, trained_task_weights
-    from magvlt.train.loop import train
-    from magvlt.train.rundir import read_metrics
+def calibrate_steps(train_cfg: TrainConfig, data_dir: Path, minutes: float) -> int:
+    """How many optimizer steps fit in `minutes` on this machine: each task's step timed on a real batch after a
+    warm-up, weighted by the task mix, since the tasks' objectives take two to four forwards (timing the mix
+    itself over a few steps overestimated a 50-minute run by a third)."""
+    import torch
 
+    from magvlt.data.tokenized import TokenizedDataset
+    from magvlt.model import Transformer
+    from magvlt.objectives import TASKS, trained_task_weights
+    from magvlt.precision import use_bf16
+    from magvlt.train.loop import fit_to_data, param_groups
+
+    dataset = TokenizedDataset(data_dir)
+    model = Transformer(fit_to_data(train_cfg.model, dataset.meta)[0]).train()
+    optimizer = torch.optim.AdamW(param_groups(model, train_cfg.weight_decay), lr=train_cfg.lr)
+    batch = dataset.rows(np.arange(min(train_cfg.batch_size, len(dataset))))[0]
     weights = trained_task_weights(train_cfg.objective.task_weights, train_cfg.model.causal)
-    tokens_per_step = train_cfg.batch_size * (train_cfg.model.image_tokens + train_cfg.model.text_len + 2)
-    seconds = 0.0
-    for task, weight in zip(TASKS, weights):
-        if weight <= 0:
-            continue
-        only = tuple(float(t == task) for t in TASKS)
-        cfg = dataclasses.replace(train_cfg, steps=8, warmup_steps=1, log_every=4, ckpt_every=8, max_minutes=0.0,
-                                  objective=dataclasses.replace(train_cfg.objective, task_weights=only))
-        train(cfg, data_dir, probe / task, progress=False)
-        seconds += weight * tokens_per_step / read_metrics(probe / task)[-1]["tokens_per_s"]
-    shutil.rmtree(probe)
+    bf16 = use_bf16(train_cfg.precision, "cpu")
+    seconds = sum(w * _step_seconds(model, optimizer, batch, train_cfg, task, bf16)
+                  for task, w in zip(TASKS, weights) if w > 0)
     return max(20, int(minutes * 60 * sum(weights) / seconds))
+
+
+def _step_seconds(model, optimizer, batch: dict, cfg: TrainConfig, task, bf16: bool, warmup: int = 2,
+                  timed: int = 4) -> float:
+    """Mean wall time of one training step of `task` (forward, backward, AdamW) after `warmup` steps."""
+    import torch
+
+    from magvlt.objectives import training_loss
+    from magvlt.precision import autocast
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    def step() -> None:
+        with autocast(bf16, "cpu"):
+            loss, _ = training_loss(model, batch, cfg.objective, task, generator)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(timed):
+        step()
+    return (time.perf_counter() - start) / timed
 
 
 @dataclass
@@ -164,7 +194,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     prep, out = prepare(cfg), Path(cfg.out)
 
     def train_model() -> None:
-        steps = calibrate_steps(demo_train_config(cfg, 1), prep.tokens, cfg.minutes, out / "calibration")
+        steps = calibrate_steps(demo_train_config(cfg, 1), prep.tokens, cfg.minutes)
         print(f"[demo] {steps} steps fit in {cfg.minutes:g} minutes on this machine", flush=True)
         train(demo_train_config(cfg, steps), prep.tokens, out / "model", progress=cfg.progress)
 
@@ -176,14 +206,15 @@ def evaluate_and_draw(cfg: DemoConfig, out: Path, model_dir: Path, scorer_dir: P
     """Judge-based evaluation on val and novel, then the pictures a person looks at first."""
     from magvlt.checkpoint import atomic_write_text
     from magvlt.eval.run import evaluate, markdown
-    from magvlt.pipeline import MAGVLT
+    from magvlt.pipeline import MAGVLTPipeline, save_preset
 
-    pipe = MAGVLT.load(model_dir, scorer=scorer_dir)
+    save_preset(demo_preset(cfg), model_dir)
+    copy_scorer(scorer_dir, model_dir)
+    pipe = MAGVLTPipeline.from_pretrained(model_dir)
     metrics = {"train": _train_summary(model_dir)}
     for split in ("val", "novel"):
         print(f"[demo] evaluating on {split} ...", flush=True)
         metrics[split] = evaluate(pipe, f"shapes:{split}:{cfg.n_eval}", n=cfg.n_eval, seed=cfg.seed,
-                                  rerank_candidates=cfg.candidates, options=sampling_options(cfg),
                                   fid=None)  # FID: `magvlt eval` (CPU Inception is slow)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     atomic_write_text(out / "metrics.md", "\n\n".join(f"### {s}\n\n{markdown(metrics[s])}" for s in ("val", "novel")))
@@ -194,16 +225,28 @@ def evaluate_and_draw(cfg: DemoConfig, out: Path, model_dir: Path, scorer_dir: P
     return metrics
 
 
-def sampling_options(cfg: DemoConfig) -> dict[str, dict]:
-    """Per-task sampling options of the demo's evaluation and samples.png: temperature `cfg.temperature` for
-    every task.
+def demo_preset(cfg: DemoConfig) -> Preset:
+    """How the demo's model samples (saved as its scheduler.json, so `magvlt generate` samples the same way): the
+    "demo" preset at the demo's temperature and candidates.
 
     I2T keeps the most likely length for every candidate: lengths sampled at temperature 1 (`length_temperature`)
     gave 23.0% exact instead of 24.5% on a default demo's val split (845 updates), with 15.5% of captions outside
     the grammar instead of 9.0%."""
-    from magvlt.eval.run import TASKS
+    from magvlt.schedulers import get_preset
 
-    return {task: {"temperature": cfg.temperature} for task in TASKS}
+    preset = get_preset("demo")
+    preset.image = dataclasses.replace(preset.image, temperature=cfg.temperature)
+    preset.text = dataclasses.replace(preset.text, temperature=cfg.temperature)
+    preset.image_candidates = preset.text_candidates = cfg.candidates
+    return preset
+
+
+def copy_scorer(scorer_dir: Path, model_dir: Path) -> None:
+    """Put the scorer inside the model's directory, where the pipeline loads it by default."""
+    from magvlt.paths import SCORER_DIR
+
+    shutil.rmtree(model_dir / SCORER_DIR, ignore_errors=True)
+    shutil.copytree(scorer_dir, model_dir / SCORER_DIR)
 
 
 def _train_summary(model_dir: Path) -> dict:
@@ -211,14 +254,19 @@ def _train_summary(model_dir: Path) -> dict:
 
     records = read_metrics(model_dir)
     last = records[-1] if records else {}
-    return {k: last[k] for k in ("step", "loss", "elapsed", "tokens_per_s") if k in last}
+    return {k: last[k] for k in ("step", "loss", "elapsed", "tokens_per_s", "precision") if k in last}
 
 
 def summary(metrics: dict, out: Path) -> str:
     """A few lines for the terminal: exact-scene accuracy per task and split."""
     rerank = metrics["val"]["rerank"]
-    protocol = "sampled once" if rerank["candidates"] == 1 else f"best of {rerank['candidates']} by the {rerank['by']}"
+    k = {rerank["image_candidates"], rerank["text_candidates"]}
+    protocol = "sampled once" if k == {1} else f"best of {'/'.join(map(str, sorted(k)))} by the {rerank['by']}"
     lines = [f"[demo] done: {out}/samples.png, refinement.gif, loss.png, metrics.json  (judged: {protocol})"]
+    train = metrics.get("train", {})
+    if train:
+        lines.append(f"  MAGVLT: {train['step']} updates in {train.get('elapsed', 0) / 60:.1f} min, "
+                     f"{train.get('precision', 'fp32')} arithmetic")
     for split in ("val", "novel"):
         m = metrics[split]
         lines.append(
@@ -237,23 +285,21 @@ def draw_samples(pipe, path: Path, cfg: DemoConfig, n: int = 6) -> None:
     from magvlt.eval.figures import Tile, grid
 
     seed = cfg.seed
-    sample = {task: {"seed": seed, "candidates": cfg.candidates, **options}
-              for task, options in sampling_options(cfg).items()}
     images, captions = render_split("val", n, seed=seed + 1, size=pipe.image_size[0])
-    generated = pipe.generate_images(captions, **sample["t2i"])
-    written = pipe.caption(images, **sample["i2t"])
+    generated = pipe(captions, generator=_generators(seed, n)).images
+    written = pipe.caption(images, generator=_generators(seed, n)).texts
     holed = _with_hole(images)
-    inpainted = pipe.inpaint(images, None, captions, **sample["inpaint"])
+    inpainted = pipe.inpaint(images, None, captions, generator=_generators(seed, n)).images
     masked_text = [_mask_middle(c) for c in captions]
-    infilled = pipe.infill(masked_text, images, **sample["infill"])
-    pairs = pipe.generate_pairs(n, seed=seed)
+    infilled = pipe.infill(images, masked_text, generator=_generators(seed, n)).texts
+    pairs = pipe.generate_pairs(n, generator=_generators(seed, n))
     rows = {
         "text -> image": [Tile(g, c) for g, c in zip(generated, captions)],
         "image -> text": [Tile(i, w) for i, w in zip(images, written)],
         "inpainting: input": [Tile(h, c) for h, c in zip(holed, captions)],
         "inpainting: result": [Tile(p, "") for p in inpainted],
         "infilling": [Tile(i, f"{m}\n-> {f}") for i, m, f in zip(images, masked_text, infilled)],
-        "joint image + text": [Tile(i, c) for i, c in pairs],
+        "joint image + text": [Tile(i, c) for i, c in zip(pairs.images, pairs.texts)],
     }
     grid(rows).save(path)
 
@@ -278,11 +324,17 @@ def draw_refinement(pipe, path: Path, seed: int) -> None:
     from magvlt.eval.figures import Tile, animate
 
     images, captions = render_split("val", 1, seed=seed + 2, size=pipe.image_size[0])
-    _, image_frames = pipe.generate_images(captions, seed=seed, trace=True)
-    _, text_frames = pipe.caption(images, seed=seed, trace=True)
+    image_frames = pipe(captions, generator=_generators(seed, 1), num_candidates=1, output_intermediates=True).intermediates
+    text_frames = pipe.caption(images, generator=_generators(seed, 1), num_candidates=1, output_intermediates=True).intermediates
     frames = []
     for t in range(max(len(image_frames[0]), len(text_frames[0]))):
         im = image_frames[0][min(t, len(image_frames[0]) - 1)]
         tx = text_frames[0][min(t, len(text_frames[0]) - 1)]
         frames.append({"text -> image": [Tile(im, captions[0])], "image -> text": [Tile(images[0], tx)]})
     animate(frames, path)
+
+
+def _generators(seed: int, n: int) -> list[torch.Generator]:
+    import torch
+
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]

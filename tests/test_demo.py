@@ -5,6 +5,7 @@ import pytest
 
 from magvlt.config import TRAIN_PRESETS, preset
 from magvlt.demo import DemoConfig, demo_train_config, run_demo
+from magvlt.pipeline import MAGVLTPipeline
 from magvlt.reproduce import TABLES, GridConfig, Run, tables, tokenizer_id
 
 
@@ -22,8 +23,10 @@ def test_demo_runs_every_stage_writes_its_outputs_and_reuses_the_cache(tmp_path,
         for task in ("t2i", "i2t", "inpaint", "infill"):
             assert metrics[split][task]["judge"]["n"] == 3
         assert 0 <= metrics[split]["i2t"]["repeats"] <= 100
-        assert metrics[split]["rerank"] == {"candidates": 2, "by": "contrastive scorer"}
+        assert metrics[split]["rerank"] == {"image_candidates": 2, "text_candidates": 2, "by": "contrastive scorer"}
     assert metrics["train"]["step"] >= 1
+    pipe = MAGVLTPipeline.from_pretrained(out / "model")  # samples as the demo judged: its preset and scorer
+    assert pipe.preset.image_candidates == 2 and pipe.preset.text.temperature == 0.5 and pipe.scorer is not None
     first = capsys.readouterr().out
     assert "steps fit in" in first and "T2I exact" in first and "best of 2 by the contrastive scorer" in first
 

@@ -39,7 +39,7 @@ torch.distributed.destroy_process_group()
 def config(**kw) -> TrainConfig:
     """Dropout stays on: its masks are seeded per micro-batch too, so they do not depend on the split."""
     return TrainConfig(model=ModelConfig(n_layer=2, n_head=2, n_embd=64), steps=6, batch_size=16, lr=2e-3, warmup_steps=2,
-                       log_every=2, ckpt_every=3, bpe_dropout=0.0, bf16=False, **kw)
+                       log_every=2, ckpt_every=3, bpe_dropout=0.0, precision="fp32", **kw)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--val", type=Path, help="pairs to report PSNR and codebook usage on (default: 512 training images)")
-    train.add_argument("--fp32", action="store_true", help="train in float32 instead of bf16 autocast")
+    train.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                       help="bf16 autocast or fp32 (default auto: bf16 where the hardware has fast bf16)")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="VQConfig field overrides")
     train.set_defaults(func=run_train)
 
@@ -48,7 +49,7 @@ def run_train(args: argparse.Namespace) -> int:
     val = load_pairs(args.val)[0] if args.val else None
     print(f"training a {args.config} VQ-GAN on {len(images)} images {images.shape[1]}x{images.shape[2]} for {args.minutes} min")
     _, stats = train_vq(images, cfg, minutes=args.minutes, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                        seed=args.seed, out=args.out, val_images=val, bf16=not args.fp32, device=_device(), log_every=100)
+                        seed=args.seed, out=args.out, val_images=val, precision=args.precision, device=_device(), log_every=100)
     print(json.dumps(stats, indent=2))
     print(f"saved to {args.out}")
     return 0

@@ -9,7 +9,6 @@ are then rarely picked). Without restarts an EMA codebook collapses to a dozen c
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -24,6 +23,7 @@ from tqdm import tqdm
 from magvlt.checkpoint import atomic_write_text
 from magvlt.config import VQConfig
 from magvlt.errors import UserError
+from magvlt.precision import autocast, use_bf16
 from magvlt.vq import VQGAN, save_vq, to_rgb_uint8
 
 
@@ -148,26 +148,23 @@ def evaluate(model: VQGAN, images: np.ndarray, batch_size: int = 256) -> dict:
 def _sample_latents(model: VQGAN, data: torch.Tensor, gen: torch.Generator, bf16: bool, n: int = 512) -> torch.Tensor:
     """Encoder outputs [n * h * w, D] of up to n random training images, for the k-means codebook init."""
     idx = torch.randperm(len(data), generator=gen, device=data.device)[:n]
-    with _autocast(data.device, bf16):
+    with autocast(bf16, data.device):
         z = model.latents(to_float(data[idx]))
     return z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
 
 
-def _autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
 def train_vq(images: np.ndarray, cfg: VQConfig, *, minutes: float = 6.0, batch_size: int = 32, lr: float = 2e-3,
              seed: int = 0, out: Path | None = None, progress: bool = True, steps: int = 0,
-             val_images: np.ndarray | None = None, bf16: bool = True, device: str | torch.device | None = None,
+             val_images: np.ndarray | None = None, precision: str = "auto", device: str | torch.device | None = None,
              log_every: int = 0) -> tuple[VQGAN, dict]:
     """Train a VQ-GAN on uint8 images [N, H, W, 3] for `minutes` (or `steps`, whichever ends first).
 
-    Returns the model (eval mode) and stats: steps, seconds, final batch loss, and PSNR / codebook usage of
+    Returns the model (eval mode) and stats: steps, seconds, precision, final batch loss, and PSNR / codebook usage of
     decode(encode(x)) on `val_images` (default: up to 512 training images). Saves to `out` if given.
     """
     images = _check_inputs(images, cfg, batch_size, minutes, steps)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    bf16 = use_bf16(precision, device)
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -210,7 +207,7 @@ def train_vq(images: np.ndarray, cfg: VQConfig, *, minutes: float = 6.0, batch_s
     bar.close()
     seconds = time.perf_counter() - start
     held_out = to_rgb_uint8(val_images) if val_images is not None else images[:512]
-    stats = {"steps": step, "seconds": round(seconds, 1), "images_per_s": round(step * batch_size / seconds, 1),
+    stats = {"steps": step, "seconds": round(seconds, 1), "precision": "bf16" if bf16 else "fp32", "images_per_s": round(step * batch_size / seconds, 1),
              "loss": loss.item(), "restarts": restarts, **evaluate(model, held_out)}
     if out is not None:
         save_vq(model, out)
@@ -244,7 +241,7 @@ def _batch(data: torch.Tensor, batch_size: int, squeeze_fraction: float, gen: to
 
 def _losses(model: VQGAN, disc: nn.Module | None, x: torch.Tensor, cfg: VQConfig, bf16: bool):
     """Reconstruction + beta * commitment (+ the generator's hinge term); also the reconstruction, z_e and codes."""
-    with _autocast(x.device, bf16):
+    with autocast(bf16, x.device):
         recon, z, codes = model(x)
         recon = recon.float()
         rec = F.l1_loss(recon, x) if cfg.rec_loss == "l1" else F.mse_loss(recon, x)
@@ -256,7 +253,7 @@ def _losses(model: VQGAN, disc: nn.Module | None, x: torch.Tensor, cfg: VQConfig
 
 def _discriminator_step(disc: nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor, bf16: bool) -> None:
     """One hinge-loss update of the PatchGAN discriminator."""
-    with _autocast(real.device, bf16):
+    with autocast(bf16, real.device):
         loss = F.relu(1 - disc(real)).mean() + F.relu(1 + disc(fake)).mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
