@@ -94,17 +94,21 @@ class Reference:
         x = self.hidden(self.embed("i2t", codes, text, torch.zeros_like(codes, dtype=torch.bool), masked), self.i2t_attn(B, I, T, torch.full((B,), 16)))
         return x[:, I + 3] @ self.w["length_predictor.weight"].T
 
-    def greedy_t2i(self, text, n, steps=10, temps=(1.4, 0.6)):
-        """MaskGIT with argmax tokens and confidence ranking (strategy 'maskgit'): final codes [B, I]."""
+    def greedy_t2i(self, text, n, steps=10, temps=(1.4, 0.6), codes=None, keep=None):
+        """MaskGIT with argmax tokens and confidence ranking (strategy 'maskgit'): final codes [B, I].
+
+        Inpainting (IT2I): codes are the source image's, keep [B, I] the positions never masked.
+        """
         B, I = text.shape[0], self.a.ctx_len_img
-        codes = torch.zeros(B, I, dtype=torch.long)
-        masked = torch.ones(B, I, dtype=torch.bool)
+        codes = torch.zeros(B, I, dtype=torch.long) if codes is None else codes.clone()
+        masked = torch.ones(B, I, dtype=torch.bool) if keep is None else ~keep
+        total = int(masked[0].sum())
         for step, temp in enumerate(np.linspace(*temps, steps)):
             probs = (self.t2i_image_logits(text, n, codes, masked) / temp).softmax(-1)
             conf, sampled = probs.max(-1)
             r = torch.tensor([(step + 1) / steps], dtype=torch.float32)
-            keep = torch.clamp(torch.ceil(torch.cos(0.5 * math.pi * r) * I), 0, int(masked[0].sum()))
-            count = int(masked[0].sum() - keep)
+            keep_masked = torch.clamp(torch.ceil(torch.cos(0.5 * math.pi * r) * total), 0, int(masked[0].sum()))
+            count = int(masked[0].sum() - keep_masked)
             count = count if step == steps - 1 else max(count, 1)
             for b in range(B):
                 ids = torch.arange(I)[masked[b]]

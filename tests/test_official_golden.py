@@ -70,3 +70,10 @@ def test_greedy_i2t_captions(ref, out):
     assert torch.equal(lengths, out["greedy_i2t_lengths"])
     assert torch.equal(rows, out["greedy_i2t_ids"])
     assert OfficialTokenizer().decode(rows) == RECORD["greedy_i2t_captions"]
+
+
+def test_greedy_inpainting_codes(ref, out, prompts):
+    with torch.no_grad():
+        codes = ref.greedy_t2i(*prompts, steps=RECORD["t2i_steps"], codes=out["codes"], keep=out["it2i_keep"])
+    assert torch.equal(codes, out["greedy_it2i_codes"])
+    assert torch.equal(codes[out["it2i_keep"]], out["codes"][out["it2i_keep"]])

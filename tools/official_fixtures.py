@@ -15,7 +15,8 @@ sampling config with tiny sizes, peaks its output distributions, saves it in the
 - tokenizer ids of ~50 strings and `post_caption` of ~20 strings;
 - T2I image logits for a fixed partially masked input, I2T text logits (every 389th id, the top-16 and the
   full-vocabulary logsumexp) for a fixed partially masked caption, and the length logits of the official length query;
-- greedy T2I codes and decoded pixels; greedy I2T lengths, token ids and cleaned captions.
+- greedy T2I codes and decoded pixels; greedy inpainting (IT2I, the central half of the grid regenerated) codes;
+  greedy I2T lengths, token ids and cleaned captions.
 
 The official code offers no greedy mode; greedy here means its own options `txt_sample_method=argmax` and
 `txt_mask_sample_method=topk` for I2T, and strategy `maskgit` (rank by confidence, no Gumbel noise) with every
@@ -251,22 +252,35 @@ class ArgmaxSampling:
         torch.distributions.categorical.Categorical.sample = self.saved
 
 
-def greedy_t2i(cfg, model, txt, txt_mask, strategy="maskgit", multi_temps=(0.0, 0.0)):
-    """Official sample_t2i with argmax sampling: the final code grid [B, I] and the decoded uint8 pixels."""
+def greedy_t2i(cfg, model, txt, txt_mask, strategy="maskgit", inpaint=None):
+    """Official sample_t2i (or sample_it2i with inpaint=(pixels, keep)) with argmax sampling and no Gumbel noise.
+
+    Returns the final code grid [B, I] and the decoded uint8 pixels [B, H, W, 3].
+    """
     captured = []
     decode = model.model_vqvae.decode_code
     model.model_vqvae.decode_code = lambda code: captured.append(code.clone()) or decode(code)
+    kwargs = dict(
+        txt=txt, txt_mask=txt_mask, ctx_len_img=cfg.stage2.hparams.ctx_len_img,
+        n_steps=cfg.stage2.mask_hparams.t2i_n_steps, strategy=strategy, temp_st=cfg.sampling.img_temperature_start,
+        temp_end=cfg.sampling.img_temperature_end, multi_temp_st=0.0, multi_temp_end=0.0,
+    )
     try:
         with ArgmaxSampling():
-            pixels = model.sample_t2i(
-                txt=txt, txt_mask=txt_mask, ctx_len_img=cfg.stage2.hparams.ctx_len_img,
-                n_steps=cfg.stage2.mask_hparams.t2i_n_steps, strategy=strategy,
-                temp_st=cfg.sampling.img_temperature_start, temp_end=cfg.sampling.img_temperature_end,
-                multi_temp_st=multi_temps[0], multi_temp_end=multi_temps[1],
-            )
+            if inpaint is None:
+                pixels = model.sample_t2i(**kwargs)
+            else:
+                pixels = model.sample_it2i(**kwargs, source_img=inpaint[0], img_mask=inpaint[1])
     finally:
         model.model_vqvae.decode_code = decode
     return captured[0].reshape(txt.shape[0], -1), np.stack([np.asarray(p) for p in pixels])
+
+
+def central_keep_mask(n: int, side: int) -> torch.Tensor:
+    """sampling_it2i.py's gen_mask for any grid: ones, the central half (rows and columns side/4..3side/4) zero."""
+    keep = torch.ones(n, side, side)
+    keep[:, side // 4 : 3 * side // 4, side // 4 : 3 * side // 4] = 0
+    return keep
 
 
 def greedy_i2t(cfg, tokutil, model, pixels):
@@ -354,6 +368,9 @@ def main() -> None:
     t2i_codes, t2i_pixels = greedy_t2i(cfg, model, txt, txt_mask)
     noise_free_codes, _ = greedy_t2i(cfg, model, txt, txt_mask, strategy="multinomial-maskgit")
     tensors.update(greedy_t2i_codes=t2i_codes.int(), greedy_t2i_pixels=torch.from_numpy(t2i_pixels))
+    keep = central_keep_mask(n, IMG_SIDE)
+    it2i_codes, _ = greedy_t2i(cfg, model, txt, txt_mask, inpaint=(pixels, keep))
+    tensors.update(it2i_keep=keep.bool().reshape(n, -1), greedy_it2i_codes=it2i_codes.int())
     lengths, caption_ids, captions = [], [], []
     for b in range(n):
         length, ids, text = greedy_i2t(cfg, tokutil, model, pixels[b : b + 1])

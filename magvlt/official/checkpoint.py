@@ -69,8 +69,9 @@ def read_pickle(path: str | Path):
             names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
         except (ValueError, RuntimeError, KeyError) as e:
             raise UserError(f"{path} is not a torch.save checkpoint: {e}") from None
+    standins = _standins(names, path)
     try:
-        with torch.serialization.safe_globals(_standins(names, path)):
+        with torch.serialization.safe_globals(standins):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for foreign, corrupt or unsafe files
         raise UserError(f"cannot read {path} safely (weights_only=True): {e}") from None
