@@ -1,9 +1,11 @@
 """Safe reading of the released checkpoint format (tests/fixtures/official, recorded by tools/official_fixtures.py)."""
+import argparse
 import json
 import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -85,6 +87,15 @@ def test_foreign_files_give_clear_errors(tmp_path):
             load_official(tmp_path / name, heads=2)
     with pytest.raises(UserError, match="not found"):
         load_official(tmp_path / "missing.ckpt")
+
+
+def test_other_lightning_content_is_tolerated(tmp_path, ckpt):
+    """Lightning 1.x names, numpy scalars in callback states and an argparse Namespace load as inert objects."""
+    state = {"model." + k: v for k, v in ckpt.transformer.items()}
+    extra = {"callbacks": {"ModelCheckpoint": {"best_model_score": np.float64(0.5), "dirpath": Path("/runs")}},
+             "hyper_parameters": argparse.Namespace(lr=1e-4, tasks=["t2i"])}
+    torch.save({"state_dict": state, **extra}, tmp_path / "other.ckpt")
+    assert load_official(tmp_path / "other.ckpt", heads=ARCH["heads"]).arch == ckpt.arch
 
 
 class Exploit:
