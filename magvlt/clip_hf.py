@@ -29,8 +29,8 @@ def clip_pixels(images, size: int) -> torch.Tensor:
     out = []
     for im in np.asarray(images, dtype=np.uint8):
         h, w = im.shape[:2]
-        scale = size / min(h, w)
-        pil = Image.fromarray(im).resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+        long = int(size * max(h, w) / min(h, w))  # torchvision's Resize(size): the long side truncated
+        pil = Image.fromarray(im).resize((long, size) if w >= h else (size, long), Image.BICUBIC)
         left, top = round((pil.width - size) / 2.0), round((pil.height - size) / 2.0)
         out.append(np.asarray(pil.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0)
     x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
