@@ -1,0 +1,75 @@
+"""The official MAGVLT text tokenizer and caption cleaning (kakaobrain/magvlt, datamodules/tokenizers.py).
+
+The released models read CLIP's 49,408 ids through HF's CharBPETokenizer, not through CLIP's byte-level tokenizer: a
+BERT normalizer without lowercasing (control characters cleaned, CJK characters split, accents kept), a lowercase
+pass, the BERT pre-tokenizer (whitespace and every punctuation character split off, digit runs kept), CLIP's merges with `</w>` word ends, no start token, no end
+token, rows truncated to 64 and padded with <|endoftext|>. A text with a character outside the vocabulary fails to
+encode and is encoded again with its non-ASCII characters dropped, as the official get_input does.
+"""
+from __future__ import annotations
+
+import gzip
+from collections.abc import Sequence
+
+import torch
+from tokenizers import CharBPETokenizer
+
+from magvlt.errors import UserError
+from magvlt.text import BYTE_ENCODER, CLIP_MERGES, EOT, SOT, WORD_END, clip_vocab_path
+
+CONTEXT = 64
+LSTRIP = ",.!?*#:;~"
+
+
+def clip_bpe_tables() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP's vocabulary (byte symbols, their word-end forms, merges, SOT, EOT) and merges, from clip-anytorch's file."""
+    path = clip_vocab_path()
+    try:
+        lines = gzip.decompress(path.read_bytes()).decode("utf-8").split("\n")[1 : CLIP_MERGES + 1]
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read CLIP's BPE vocabulary {path}: {e}") from None
+    merges = [tuple(line.split()) for line in lines]
+    symbols = list(BYTE_ENCODER.values())
+    tokens = [*symbols, *(s + WORD_END for s in symbols), *("".join(m) for m in merges), SOT, EOT]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+class OfficialTokenizer:
+    """Texts to the official model's text rows and its generated rows back to cleaned captions."""
+
+    def __init__(self, length: int = CONTEXT):
+        vocab, merges = clip_bpe_tables()
+        self.eos = vocab[EOT]
+        self.length = length
+        self.bpe = CharBPETokenizer(vocab, merges, unk_token="[UNK]", lowercase=True)
+        self.bpe.enable_padding(length=length, pad_id=self.eos)
+        self.bpe.enable_truncation(max_length=length)
+
+    def _ids(self, text: str) -> list[int]:
+        try:
+            return self.bpe.encode(text).ids
+        except Exception:  # tokenizers raises a bare Exception for a character its vocabulary lacks
+            return self.bpe.encode(text.encode("ascii", "ignore").decode()).ids
+
+    def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows [B, 64] of ids and caption lengths [B]: tokens before the first EOS plus that EOS, at most 64."""
+        rows = [self._ids(t) for t in texts]
+        lengths = [min(row.index(self.eos) + 1 if self.eos in row else len(row) + 1, self.length) for row in rows]
+        return torch.tensor(rows, dtype=torch.long), torch.tensor(lengths, dtype=torch.long)
+
+    def decode(self, rows) -> list[str]:
+        """Generated rows to cleaned captions: cut at the first EOS, BPE-decoded, then post_caption."""
+        texts = []
+        for row in torch.as_tensor(rows).tolist():
+            row = row[: row.index(self.eos)] if self.eos in row else row
+            texts.append(post_caption(self.bpe.decode(row, skip_special_tokens=True)))
+        return texts
+
+
+def post_caption(caption: str) -> str:
+    """The official cleaning: lowercase, marks stripped, cut at the first period, repeated words dropped, " ." added."""
+    caption = caption.lower().lstrip(LSTRIP).replace("-", " ").replace("/", " ")
+    caption = caption.replace("<person>", "person").replace("< person >", "person").replace("<", "").replace(">", "")
+    words = caption.split(".", 1)[0].split()
+    kept = [w for i, w in enumerate(words) if i == 0 or w != words[i - 1]]
+    return " ".join(kept) + " ."
