@@ -135,7 +135,6 @@ BAD_JSON = [
     ({"prompt": "a red circle", "steps": 2.5}, 422),
     ({"prompt": "a red circle", "candidates": 0}, 422),
     ({"prompt": "a red circle", "candidates": 9}, 422),
-    ({"prompt": "a red circle", "colour": "red"}, 422),
     (["a red circle"], 422),
 ]
 
@@ -171,8 +170,9 @@ def test_bad_uploads_are_4xx(client, path, data):
     assert client.post(path, files={"image": ("a.png", picture()[:40]), **extra}, data=data).status_code == 422
     assert client.post(path, files=extra or None, data=data).status_code == 422  # no image
     assert client.post(path, data={**data, "image": "text, not a file"}).status_code == 422
-    r = client.post(path, files={"image": ("b.png", bomb()), **extra}, data=data)
-    assert r.status_code == 413 and "pixels" in r.json()["detail"]
+    for huge in (bomb(), png_bytes(Image.new("L", (4000, 1)))):  # a strip is 1M pixels once scaled to 16 high
+        r = client.post(path, files={"image": ("b.png", huge), **extra}, data=data)
+        assert r.status_code == 413 and "pixels" in r.json()["detail"]
     r = client.post(path, files={"image": ("a.png", picture()), **extra}, data={**data, "steps": "100"})
     assert r.status_code == 422
     r = client.post(path, files={"image": ("a.png", picture()), **extra}, data={**data, "candidates": "many"})

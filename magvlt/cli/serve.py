@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from magvlt.errors import UserError
@@ -37,5 +38,6 @@ def run(args: argparse.Namespace) -> int:
 
     engine = Engine.load(args.model, device=args.device, scorer=args.scorer)
     limits = Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
+    print(f"magvlt serve: {engine.name} on http://{args.host}:{args.port} (API: /docs)", file=sys.stderr, flush=True)
     uvicorn.run(create_app(engine, limits), host=args.host, port=args.port, log_level="warning")
     return 0

@@ -55,7 +55,7 @@ def steps_field(default: int):
 
 
 class T2IRequest(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(strict=True)
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, examples=["a large red circle"])
     seed: Seed = 0
     steps: int = steps_field(10)
@@ -63,7 +63,7 @@ class T2IRequest(BaseModel):
 
 
 class PairsRequest(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(strict=True)
     n: int = Field(4, ge=1, le=MAX_PAIRS, description="pairs to generate")
     seed: Seed = 0
     steps: int = steps_field(10)
@@ -107,14 +107,22 @@ def b64png(image: Image.Image) -> str:
     return base64.b64encode(png(image)).decode("ascii")
 
 
-def decode_image(data: bytes, max_pixels: int, field: str) -> Image.Image:
-    """Upload bytes -> RGB image; 413 past max_pixels (an image bomb), 422 for anything that is not an image."""
+def fitted_pixels(width: int, height: int, size: tuple[int, int]) -> float:
+    """Pixels of an image once its shorter side is scaled up to the model's (height, width), as the model reads it."""
+    scale = max(1.0, size[0] / height, size[1] / width)
+    return width * height * scale * scale
+
+
+def decode_image(data: bytes, max_pixels: int, size: tuple[int, int], field: str) -> Image.Image:
+    """Upload bytes -> RGB image; 413 past max_pixels as sent or as resized for the model (an image bomb, a
+    1-pixel-high strip), 422 for anything that is not an image."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
-                if im.width * im.height > max_pixels:
-                    raise HTTPException(413, f"{field} is {im.width}x{im.height} pixels; at most {max_pixels} are read")
+                if fitted_pixels(im.width, im.height, size) > max_pixels:
+                    raise HTTPException(413, f"{field} is {im.width}x{im.height} pixels; at most {max_pixels} "
+                                             f"pixels are read, after scaling to the model's {size[1]}x{size[0]}")
                 return im.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise HTTPException(413, f"{field} has too many pixels (at most {max_pixels} are read)") from None
@@ -131,10 +139,6 @@ def sse(event: str, data: dict) -> str:
 def frame_data(frame) -> dict:
     """A refinement frame as event data: an image (base64 PNG) or a text with '_' for masked tokens."""
     return {"image": b64png(frame)} if isinstance(frame, Image.Image) else {"text": frame}
-
-
-def user_error(message: str) -> HTTPException:
-    return HTTPException(422, message)
 
 
 class BodyLimit:
@@ -213,17 +217,16 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
 
     def supports(task: str) -> None:
         if task not in engine.tasks:
-            raise user_error(f"{task} needs a MAGVLT model; this run does only {', '.join(engine.tasks)}")
+            raise UserError(f"{task} needs a MAGVLT model; this run does only {', '.join(engine.tasks)}")
 
     def checked(check, value: str) -> str:
-        try:
-            check(value)
-        except UserError as e:
-            raise user_error(str(e)) from None
+        """The value, once `check` (an engine check raising UserError: 422) has passed it."""
+        check(value)
         return value
 
     async def image_of(upload: UploadFile, field: str) -> Image.Image:
-        return await asyncio.to_thread(decode_image, await upload.read(), limits.max_pixels, field)
+        data = await upload.read()
+        return await asyncio.to_thread(decode_image, data, limits.max_pixels, engine.image_size, field)
 
     async def run(task: str, steps: int, candidates: int, payload: dict):
         supports(task)
@@ -300,11 +303,11 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
         supports("inpaint")
         picture, painted = await image_of(image, "image"), await image_of(mask, "mask")
         if painted.size != picture.size:
-            raise user_error(f"mask is {painted.width}x{painted.height}; it must be the image's size, "
-                             f"{picture.width}x{picture.height}")
+            raise UserError(f"mask is {painted.width}x{painted.height}; it must be the image's size, "
+                            f"{picture.width}x{picture.height}")
         tokens = engine.token_mask(painted)
         if not tokens.any():
-            raise user_error("the mask covers no image token: paint white (at least half a token) to regenerate")
+            raise UserError("the mask covers no image token: paint white (at least half a token) to regenerate")
         payload = {"image": picture, "mask": tokens, "prompt": checked(engine.check_prompt, prompt), "seed": seed}
         return Response(png(await run("inpaint", steps, candidates, payload)), media_type="image/png")
 
@@ -328,8 +331,6 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
 
 def error_detail(e: BaseException) -> str:
     """What a client is told about a failed request: its own mistake in full, nothing of an internal error."""
-    if isinstance(e, HTTPException):
-        return str(e.detail)
     return str(e) if isinstance(e, UserError) else "internal error"
 
 

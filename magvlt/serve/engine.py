@@ -49,7 +49,7 @@ class Engine:
     @classmethod
     def load(cls, model_dir: str | Path, device: str | None = None, scorer: str | Path | None = None) -> Engine:
         """Load a run directory of `magvlt train` (UserError when it is missing or incomplete)."""
-        return cls(MAGVLT.load(model_dir, device=device, scorer=scorer), Path(model_dir).name)
+        return cls(MAGVLT.load(model_dir, device=device, scorer=scorer), "/".join(Path(model_dir).resolve().parts[-2:]))
 
     # ---------------------------------------------------------------- what the model accepts
 
