@@ -225,8 +225,13 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
         return value
 
     async def image_of(upload: UploadFile, field: str) -> Image.Image:
+        """The uploaded image as sent (decoded off the event loop)."""
         data = await upload.read()
         return await asyncio.to_thread(decode_image, data, limits.max_pixels, engine.image_size, field)
+
+    async def model_image_of(upload: UploadFile) -> Image.Image:
+        """The uploaded image at the model's size: the queue holds only small images."""
+        return engine.fit(await image_of(upload, "image"))
 
     async def run(task: str, steps: int, candidates: int, payload: dict):
         supports(task)
@@ -285,14 +290,14 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
     async def i2t(image: UploadFile = File(), seed: int = form_seed(), steps: int = form_steps(12),
                   candidates: int = form_candidates()):
         """Image to text: the caption."""
-        payload = {"image": await image_of(image, "image"), "seed": seed}
+        payload = {"image": await model_image_of(image), "seed": seed}
         return {"caption": await run("i2t", steps, candidates, payload)}
 
     @app.post("/v1/i2t/stream", response_class=StreamingResponse, responses=SSE)
     async def i2t_stream(image: UploadFile = File(), seed: int = form_seed(), steps: int = form_steps(12),
                          candidates: int = form_candidates()):
         """Image to text, streamed: a `step` event per refinement step ({step, steps, text}), then `done`."""
-        payload = {"image": await image_of(image, "image"), "seed": seed}
+        payload = {"image": await model_image_of(image), "seed": seed}
         return stream("i2t", steps, candidates, payload, lambda caption: {"caption": caption})
 
     @app.post("/v1/inpaint", response_class=Response, responses=PNG)
@@ -308,7 +313,7 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
         tokens = engine.token_mask(painted)
         if not tokens.any():
             raise UserError("the mask covers no image token: paint white (at least half a token) to regenerate")
-        payload = {"image": picture, "mask": tokens, "prompt": checked(engine.check_prompt, prompt), "seed": seed}
+        payload = {"image": engine.fit(picture), "mask": tokens, "prompt": checked(engine.check_prompt, prompt), "seed": seed}
         return Response(png(await run("inpaint", steps, candidates, payload)), media_type="image/png")
 
     @app.post("/v1/infill", response_model=Infilled)
@@ -316,7 +321,7 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
                      seed: int = form_seed(), steps: int = form_steps(12), candidates: int = form_candidates()):
         """Text infilling: the text with each [MASK] marker (one token) filled in, given the image."""
         supports("infill")
-        payload = {"image": await image_of(image, "image"), "text": checked(engine.check_masked_text, text),
+        payload = {"image": await model_image_of(image), "text": checked(engine.check_masked_text, text),
                    "seed": seed}
         return {"text": await run("infill", steps, candidates, payload)}
 

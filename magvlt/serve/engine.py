@@ -75,6 +75,10 @@ class Engine:
         """UserError when a text with [MASK] markers is empty or longer than the model reads."""
         self.pipe.encode_masked_text([text])
 
+    def fit(self, image: Image.Image) -> Image.Image:
+        """The image resized (shorter side) and center-cropped to the model's size, as the pipeline reads it."""
+        return Image.fromarray(fit_image(image, self.image_size)[0])
+
     def token_mask(self, mask: Image.Image) -> np.ndarray:
         """A mask image (white = regenerate) of the input's size -> bool [N_I]: a token is regenerated when at
         least half of its pixels are white after the mask is resized and center-cropped exactly like the image."""
