@@ -231,7 +231,7 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
 
     async def model_image_of(upload: UploadFile) -> Image.Image:
         """The uploaded image at the model's size: the queue holds only small images."""
-        return engine.fit(await image_of(upload, "image"))
+        return await asyncio.to_thread(engine.fit, await image_of(upload, "image"))
 
     async def run(task: str, steps: int, candidates: int, payload: dict):
         supports(task)
@@ -310,10 +310,10 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
         if painted.size != picture.size:
             raise UserError(f"mask is {painted.width}x{painted.height}; it must be the image's size, "
                             f"{picture.width}x{picture.height}")
-        tokens = engine.token_mask(painted)
+        tokens = await asyncio.to_thread(engine.token_mask, painted)
         if not tokens.any():
             raise UserError("the mask covers no image token: paint white (at least half a token) to regenerate")
-        payload = {"image": engine.fit(picture), "mask": tokens, "prompt": checked(engine.check_prompt, prompt), "seed": seed}
+        payload = {"image": await asyncio.to_thread(engine.fit, picture), "mask": tokens, "prompt": checked(engine.check_prompt, prompt), "seed": seed}
         return Response(png(await run("inpaint", steps, candidates, payload)), media_type="image/png")
 
     @app.post("/v1/infill", response_model=Infilled)
