@@ -34,10 +34,11 @@ from magvlt.data.shapes import render_split
 
 
 @contextmanager
-def serving(model: Path, max_batch: int, port: int):
+def serving(model: Path, max_batch: int, port: int, threads: int | None):
     """A `magvlt serve` subprocess on 127.0.0.1:port, yielded once /health answers."""
+    extra = ["--threads", str(threads)] if threads else []
     proc = subprocess.Popen([sys.executable, "-m", "magvlt", "serve", "--model", str(model), "--port", str(port),
-                             "--max-batch", str(max_batch)])
+                             "--max-batch", str(max_batch), *extra])
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -109,7 +110,7 @@ async def load(url: str, clients: int, kinds: str, prompts, pngs, duration: floa
 def measure(args) -> list[dict]:
     rows = []
     for mode, max_batch in (("batching", args.max_batch), ("one at a time", 1)):
-        with serving(args.model, max_batch, args.port) as (url, health):
+        with serving(args.model, max_batch, args.port, args.threads) as (url, health):
             prompts, pngs = workload(health)
             asyncio.run(load(url, 1, "t", prompts, pngs, 0.1, args.timeout))  # warm-up
             for clients, kinds in ((32, "t"), (args.clients, "ti")):
@@ -135,6 +136,7 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=15.0, help="seconds each load sends requests (default 15)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds a request may take (default 120)")
     p.add_argument("--max-batch", type=int, default=32, help="the batching server's --max-batch (default 32)")
+    p.add_argument("--threads", type=int, help="the server's --threads (default: torch's)")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = p.parse_args()
