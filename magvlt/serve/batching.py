@@ -120,14 +120,13 @@ class Batcher:
         """One model call for the batch; its results (or its error) go to every job."""
         try:
             results = self.run(batch[0].key, [job.payload for job in batch], self._frames_to(batch))
+            for job, result in zip(batch, results, strict=True):
+                job.settle(result)
         except Exception as e:  # noqa: BLE001 - the worker outlives any bad batch; the requests get the error
             for job in batch:
-                job.settle(error=e)
-            return
+                job.settle(error=e)  # a job already settled keeps its result
         finally:
             self.batches += 1
-        for job, result in zip(batch, results):
-            job.settle(result)
 
     @staticmethod
     def _frames_to(batch: list[Job]) -> Callable | None:
