@@ -9,7 +9,8 @@ the model's own-size shapes images). Each client sends a request, waits for its 
 the window (--duration) closes; requests still in flight are then awaited up to --timeout seconds (a request
 that takes longer counts as `timeout`). Reported per load: completed requests per second over the whole time,
 p50 / p95 latency, and answers by status. A 429 (queue full) is retried after its Retry-After.
-Prompts are the shapes world's captions; no seed is sent, so every request has the default seed and a batch is
+Last, the model call alone (no HTTP) is timed at batch 1 and at --max-batch: their ratio bounds what batching
+can gain on this machine. Prompts are the shapes world's captions; no seed is sent, so every request has the default seed and a batch is
 one model call (see docs/serve.md on seeds).
 """
 from __future__ import annotations
@@ -120,6 +121,31 @@ def measure(args) -> list[dict]:
     return rows
 
 
+def model_only(model: Path, max_batch: int, threads: int | None, reps: int = 3) -> dict[int, float]:
+    """Milliseconds per image of the model call alone (no HTTP), at batch 1 and at max_batch: the most batching
+    can gain is their ratio."""
+    import torch
+
+    from magvlt.serve.engine import Engine
+
+    if threads:
+        torch.set_num_threads(threads)
+    engine = Engine.load(model, device="cpu")
+    prompts, _ = workload({"image_size": engine.image_size}, max_batch)
+    per_image = {}
+    for n in (1, max_batch):
+        engine.t2i(prompts[:n], [0] * n, 10, 1)  # warm-up
+        best = min(timed(engine.t2i, prompts[:n], [0] * n, 10, 1) for _ in range(reps))
+        per_image[n] = round(1000 * best / n, 1)
+    return per_image
+
+
+def timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
 def table(rows: list[dict]) -> str:
     head = "| mode | clients | load | req/s | p50 ms | p95 ms | answers by status | 5xx + failed |\n|---|---|---|---|---|---|---|---|\n"
     return head + "".join(
@@ -145,8 +171,11 @@ def main() -> int:
     on, off = (next(r for r in rows if r["mode"] == m and r["clients"] == 32) for m in ("batching", "one at a time"))
     print(f"32 concurrent T2I: batching gives {on['requests_per_s'] / max(off['requests_per_s'], 1e-9):.1f}x "
           f"the throughput of one at a time; 5xx or failed requests in all loads: {sum(r['server_errors'] for r in rows)}")
+    per_image = model_only(args.model, args.max_batch, args.threads)
+    print(f"the model call alone, T2I, ms per image: {per_image[1]} at batch 1, {per_image[args.max_batch]} at batch "
+          f"{args.max_batch} ({per_image[1] / per_image[args.max_batch]:.1f}x)")
     if args.out:
-        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+        args.out.write_text(json.dumps({"loads": rows, "model_ms_per_image": per_image}, indent=2) + "\n")
     return 0
 
 
