@@ -10,13 +10,13 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
-from test_pipeline import write_run  # noqa: E402
+from fastapi.testclient import TestClient
+from test_pipeline import write_run
 
-from magvlt.cli import main  # noqa: E402
-from magvlt.serve.app import Limits, create_app  # noqa: E402
-from magvlt.serve.batching import Batcher, QueueFull  # noqa: E402
-from magvlt.serve.engine import Engine  # noqa: E402
+from magvlt.cli import main
+from magvlt.serve.app import Limits, create_app
+from magvlt.serve.batching import Batcher, QueueFull
+from magvlt.serve.engine import Engine
 
 
 @pytest.fixture(scope="module")

@@ -82,16 +82,11 @@ class Pair(BaseModel):
     caption: str
 
 
-def form_seed():
-    return Form(0, ge=0, le=MAX_SEED)
-
-
-def form_steps(default: int):
-    return Form(default, ge=1, le=MAX_STEPS)
-
-
-def form_candidates():
-    return Form(1, ge=1, le=MAX_CANDIDATES)
+ImageFile = Annotated[UploadFile, File(description="an image file (PNG, JPEG, WebP, ...)")]
+Text = Annotated[str, Form(min_length=1, max_length=MAX_PROMPT_CHARS)]
+FormSeed = Annotated[int, Form(ge=0, le=MAX_SEED)]
+FormSteps = Annotated[int, Form(ge=1, le=MAX_STEPS, description="refinement steps")]
+FormCandidates = Annotated[int, Form(ge=1, le=MAX_CANDIDATES)]
 
 
 # ---------------------------------------------------------------- images, events, errors
@@ -287,23 +282,21 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
         return stream("t2i", req.steps, req.candidates, payload, lambda image: {"image": b64png(image)})
 
     @app.post("/v1/i2t", response_model=Caption)
-    async def i2t(image: UploadFile = File(), seed: int = form_seed(), steps: int = form_steps(12),
-                  candidates: int = form_candidates()):
+    async def i2t(image: ImageFile, seed: FormSeed = 0, steps: FormSteps = 12, candidates: FormCandidates = 1):
         """Image to text: the caption."""
         payload = {"image": await model_image_of(image), "seed": seed}
         return {"caption": await run("i2t", steps, candidates, payload)}
 
     @app.post("/v1/i2t/stream", response_class=StreamingResponse, responses=SSE)
-    async def i2t_stream(image: UploadFile = File(), seed: int = form_seed(), steps: int = form_steps(12),
-                         candidates: int = form_candidates()):
+    async def i2t_stream(image: ImageFile, seed: FormSeed = 0, steps: FormSteps = 12,
+                         candidates: FormCandidates = 1):
         """Image to text, streamed: a `step` event per refinement step ({step, steps, text}), then `done`."""
         payload = {"image": await model_image_of(image), "seed": seed}
         return stream("i2t", steps, candidates, payload, lambda caption: {"caption": caption})
 
     @app.post("/v1/inpaint", response_class=Response, responses=PNG)
-    async def inpaint(image: UploadFile = File(), mask: UploadFile = File(description="white = regenerate"),
-                      prompt: str = Form(min_length=1, max_length=MAX_PROMPT_CHARS), seed: int = form_seed(),
-                      steps: int = form_steps(10), candidates: int = form_candidates()):
+    async def inpaint(image: ImageFile, mask: Annotated[UploadFile, File(description="PNG, white = regenerate")],
+                      prompt: Text, seed: FormSeed = 0, steps: FormSteps = 10, candidates: FormCandidates = 1):
         """Inpainting: the image with the tokens under the mask's white regenerated for the prompt (a PNG)."""
         supports("inpaint")
         picture, painted = await image_of(image, "image"), await image_of(mask, "mask")
@@ -317,8 +310,8 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
         return Response(png(await run("inpaint", steps, candidates, payload)), media_type="image/png")
 
     @app.post("/v1/infill", response_model=Infilled)
-    async def infill(image: UploadFile = File(), text: str = Form(min_length=1, max_length=MAX_PROMPT_CHARS),
-                     seed: int = form_seed(), steps: int = form_steps(12), candidates: int = form_candidates()):
+    async def infill(image: ImageFile, text: Text, seed: FormSeed = 0, steps: FormSteps = 12,
+                     candidates: FormCandidates = 1):
         """Text infilling: the text with each [MASK] marker (one token) filled in, given the image."""
         supports("infill")
         payload = {"image": await model_image_of(image), "text": checked(engine.check_masked_text, text),
@@ -326,8 +319,9 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
         return {"text": await run("infill", steps, candidates, payload)}
 
     @app.post("/v1/pairs", response_model=list[Pair])
-    async def pairs(req: PairsRequest = PairsRequest()):
-        """Joint generation: n unconditional (image, caption) pairs."""
+    async def pairs(req: PairsRequest | None = None):
+        """Joint generation: n unconditional (image, caption) pairs (no body: the defaults)."""
+        req = req or PairsRequest()
         made = await run("pairs", req.steps, 1, {"n": req.n, "seed": req.seed})
         return [{"image": b64png(image), "caption": caption} for image, caption in made]
 

@@ -11,8 +11,8 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Callable, Hashable
 
 # run(key, payloads, on_step) -> one result per payload; on_step(index, step, steps, frame) or None
 RunBatch = Callable[[Hashable, list, Callable | None], list]

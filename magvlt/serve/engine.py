@@ -9,8 +9,9 @@ returns them at the end; a pipeline with a step callback can deliver them live t
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Sequence
+from itertools import pairwise
 from pathlib import Path
-from typing import Callable, Hashable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -128,7 +129,7 @@ class Engine:
         def run(rows, seed):
             made = self.pipe.generate_pairs(sum(counts[i] for i in rows), steps=steps, seed=seed)
             bounds = np.cumsum([0] + [counts[i] for i in rows])
-            return [made[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+            return [made[a:b] for a, b in pairwise(bounds)]
         return grouped(seeds, run)
 
     @staticmethod
