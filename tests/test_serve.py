@@ -299,9 +299,12 @@ def test_the_queue_is_bounded():
     asyncio.run(scenario())
 
 
-def test_cli_refuses_a_missing_model_dir(tmp_path, capsys):
+def test_cli_refuses_a_missing_model_dir_and_bad_options(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    for option in (["--max-batch", "0"], ["--threads", "0"], ["--max-wait-ms", "-1"], ["--port", "70000"]):
+        assert main(["serve", "--model", str(tmp_path), *option]) == 2
+        assert "magvlt: error: --" in capsys.readouterr().err
 
 
 def test_engine_groups_requests_by_seed(engine):
