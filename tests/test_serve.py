@@ -134,7 +134,7 @@ BAD_JSON = [
     ({"prompt": "a red circle", "steps": 65}, 422),
     ({"prompt": "a red circle", "steps": 2.5}, 422),
     ({"prompt": "a red circle", "candidates": 0}, 422),
-    ({"prompt": "a red circle", "candidates": 9}, 422),
+    ({"prompt": "a red circle", "candidates": 33}, 422),
     (["a red circle"], 422),
 ]
 

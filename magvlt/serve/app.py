@@ -28,7 +28,7 @@ from magvlt.serve.engine import Engine
 
 STATIC = Path(__file__).parent / "static"
 MAX_SEED = 2**63 - 1
-MAX_STEPS, MAX_CANDIDATES, MAX_PAIRS, MAX_PROMPT_CHARS = 64, 8, 16, 1000
+MAX_STEPS, MAX_CANDIDATES, MAX_PAIRS, MAX_PROMPT_CHARS = 64, 32, 16, 1000  # candidates: the paper keeps 1 of 32
 PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image at the model's resolution"}}
 SSE = {200: {"content": {"text/event-stream": {}}, "description": "`step` events, then `done` (or `error`)"}}
 
