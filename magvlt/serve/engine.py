@@ -3,8 +3,8 @@
 Every method takes one list entry per request and returns one result per request, in order. Today's pipeline
 draws a whole call from one seed, so requests are grouped by seed (and, for inpainting, by mask) and each group
 is one pipeline call: a request's output is fixed by its seed when it runs alone, and by its seed and the other
-requests of its group when batched. A pipeline that takes one generator per sample makes each group one call
-and every output seed-exact. Refinement frames (`on_step`) are delivered after each call, since `trace=True`
+requests of its group when batched. A pipeline that takes one generator per sample makes a whole batch one
+call and every output seed-exact. Refinement frames (`on_step`) are delivered after each call, since `trace=True`
 returns them at the end; a pipeline with a step callback can deliver them live through the same hook.
 """
 from __future__ import annotations
@@ -32,10 +32,8 @@ def grouped(keys: Sequence[Hashable], run: Callable[[list[int], Hashable], list]
     return out
 
 
-def emit(on_step: OnStep | None, rows: list[int], frames: list[list]) -> None:
+def emit(on_step: OnStep, rows: list[int], frames: list[list]) -> None:
     """Hand every refinement frame of every request in rows to on_step."""
-    if on_step is None:
-        return
     for i, steps in zip(rows, frames):
         for k, frame in enumerate(steps):
             on_step(i, k + 1, len(steps), frame)
