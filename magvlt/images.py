@@ -48,8 +48,10 @@ def fit_image(image, size: tuple[int, int], resample=Image.Resampling.BILINEAR, 
 
 def mask_tokens(mask_image, size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
     """Bool [h * w] from a mask image (white = regenerate) of the input image's size: the mask is fitted to the
-    model's (H, W) as the image is, and a token is regenerated when any pixel of its cell is >= 128."""
-    pixels = fit_image(mask_image, size, Image.Resampling.NEAREST, mode="L") >= 128
+    model's (H, W) as the image is (area-averaged, so a thin stroke survives), and a token is regenerated when
+    any pixel under its cell is >= 128."""
+    white = as_pil(mask_image, "L").point(lambda v: 255 if v >= 128 else 0)
+    pixels = fit_image(white, size, Image.Resampling.BOX, mode="L") > 0
     h, w = grid
     cells = pixels.reshape(h, size[0] // h, w, size[1] // w).any(axis=(1, 3))
     if not cells.any():

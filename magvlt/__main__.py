@@ -1,0 +1,4 @@
+"""`python -m magvlt ...` is the `magvlt` command."""
+from magvlt.cli import main
+
+raise SystemExit(main())

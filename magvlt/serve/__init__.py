@@ -1,0 +1,1 @@
+"""`magvlt serve`: a JSON API with dynamic batching and a web page over any run directory (docs/serve.md)."""
