@@ -68,7 +68,7 @@ def runs(tmp_path_factory):
 
 
 def _assert_close(a: dict, b: dict) -> None:
-    """Equal up to float rounding (1e-7), except the attention key biases.
+    """Equal up to float rounding (1e-7, or two float32 ulps of weights near 1), except the attention key biases.
 
     A key bias has no gradient in exact arithmetic (softmax ignores a shift shared by all keys), so its
     gradient is rounding noise, which Adam normalises into lr-sized steps: it differs in the 6th digit.
@@ -79,7 +79,7 @@ def _assert_close(a: dict, b: dict) -> None:
         if k.endswith("attn.qkv.bias"):
             n = x.numel() // 3
             x, y = torch.cat([x[:n], x[2 * n :]]), torch.cat([y[:n], y[2 * n :]])
-        torch.testing.assert_close(x, y, rtol=0, atol=1e-7, msg=k)
+        torch.testing.assert_close(x, y, rtol=2.4e-7, atol=1e-7, msg=k)
 
 
 @pytest.mark.slow
