@@ -52,21 +52,15 @@ class ShardWriter:
         if shard_size < 1:
             raise UserError(f"shard size must be >= 1, got {shard_size}")
         self.out_dir, self.meta, self.shard_size = Path(out_dir), dict(meta), shard_size
-        vocab = {"image": "image_vocab", "image_half_w": "image_vocab", "image_half_h": "image_vocab", "text": "text_vocab"}
-        self.dtypes = {key: _token_dtype(meta[v]) for key, v in vocab.items()} | {"length": np.int16}
+        self.dtypes = shard_dtypes(meta)
         self.pending: dict[str, list[np.ndarray]] = {k: [] for k in FIELDS}
         self.captions: list[str] = []
         self.shards: list[dict] = []
-        self.count = 0
 
     def add(self, rows: dict[str, np.ndarray | torch.Tensor], captions: Sequence[str]) -> None:
         """Append n rows: every field of FIELDS with n rows, and their n captions."""
-        n = len(captions)
-        for key in FIELDS:
-            value = np.asarray(rows[key].cpu() if isinstance(rows[key], torch.Tensor) else rows[key])
-            if value.shape[0] != n:
-                raise UserError(f"{key} has {value.shape[0]} rows for {n} captions")
-            self.pending[key].append(value.reshape((n, -1) if key != "length" else (n,)).astype(self.dtypes[key]))
+        for key, value in as_rows(rows, len(captions), self.dtypes).items():
+            self.pending[key].append(value)
         self.captions.extend(captions)
         while len(self.captions) >= self.shard_size:
             self._flush(self.shard_size)
@@ -75,22 +69,49 @@ class ShardWriter:
         arrays = {k: np.concatenate(v) for k, v in self.pending.items()}
         self.pending = {k: [a[n:]] for k, a in arrays.items()}
         name = f"shard-{len(self.shards):05d}"
-        shard = {k: np.ascontiguousarray(a[:n]) for k, a in arrays.items()}
-        atomic_write(self.out_dir / f"{name}.safetensors", lambda tmp: save_file(shard, str(tmp)))
-        atomic_write_text(self.out_dir / f"{name}.json", json.dumps(self.captions[:n]) + "\n")
+        write_shard(self.out_dir, name, {k: a[:n] for k, a in arrays.items()}, self.captions[:n])
         self.captions = self.captions[n:]
         self.shards.append({"name": name, "count": n})
-        self.count += n
 
     def close(self) -> Path:
         """Write the last (partial) shard and meta.json; returns the data directory."""
         if self.captions:
             self._flush(len(self.captions))
-        if not self.count:
-            raise UserError("no image-caption pairs to write")
-        meta = {"format": FORMAT, **self.meta, "count": self.count, "shards": self.shards}
-        atomic_write_text(self.out_dir / META, json.dumps(meta, indent=1) + "\n")
-        return self.out_dir
+        return write_meta(self.out_dir, self.meta, self.shards)
+
+
+def shard_dtypes(meta: dict) -> dict[str, type]:
+    """The smallest integer type of each field that holds the vocabularies named in meta."""
+    vocab = {"image": "image_vocab", "image_half_w": "image_vocab", "image_half_h": "image_vocab", "text": "text_vocab"}
+    return {key: _token_dtype(meta[v]) for key, v in vocab.items()} | {"length": np.int16}
+
+
+def as_rows(rows: dict[str, np.ndarray | torch.Tensor], n: int, dtypes: dict[str, type]) -> dict[str, np.ndarray]:
+    """Every field of FIELDS as n rows of its shard dtype (numpy)."""
+    out = {}
+    for key in FIELDS:
+        value = np.asarray(rows[key].cpu() if isinstance(rows[key], torch.Tensor) else rows[key])
+        if value.shape[0] != n:
+            raise UserError(f"{key} has {value.shape[0]} rows for {n} captions")
+        out[key] = value.reshape((n, -1) if key != "length" else (n,)).astype(dtypes[key])
+    return out
+
+
+def write_shard(out_dir: Path, name: str, rows: dict[str, np.ndarray], captions: Sequence[str]) -> None:
+    """`name`.safetensors (every field of FIELDS, rows as given) and `name`.json (the captions), each atomically."""
+    shard = {k: np.ascontiguousarray(rows[k]) for k in FIELDS}
+    atomic_write(out_dir / f"{name}.safetensors", lambda tmp: save_file(shard, str(tmp)))
+    atomic_write_text(out_dir / f"{name}.json", json.dumps(list(captions)) + "\n")
+
+
+def write_meta(out_dir: Path, meta: dict, shards: list[dict]) -> Path:
+    """meta.json of shards [{"name", "count"}, ...] (written last: it marks the directory complete); returns out_dir."""
+    count = sum(s["count"] for s in shards)
+    if not count:
+        raise UserError("no image-caption pairs to write")
+    full = {"format": FORMAT, **meta, "count": count, "shards": shards}
+    atomic_write_text(Path(out_dir) / META, json.dumps(full, indent=1) + "\n")
+    return Path(out_dir)
 
 
 def read_meta(data_dir: str | Path) -> dict:
