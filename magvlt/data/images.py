@@ -10,14 +10,13 @@ skip and count it.
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from magvlt.errors import UserError
 
-MAX_PIXELS = 8192 * 8192  # larger images are refused unread (decompression bombs); Pillow's own limit is ~89M
+MAX_PIXELS = 8192 * 8192  # larger images are refused before decoding (decompression bombs); below Pillow's ~89M
 _DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
@@ -35,18 +34,20 @@ def load_image(data: bytes, draft_size: int | None = None) -> Image.Image:
     if not data:
         raise BadSample("empty file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise BadSample("image too large", f"{im.width}x{im.height} pixels")
-                if draft_size and im.format == "JPEG":
-                    im.draft("RGB", (draft_size, draft_size))
-                im.load()
-                return _to_rgb(ImageOps.exif_transpose(im))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise BadSample("image too large", f"{im.width}x{im.height} pixels")
+            if draft_size and im.format == "JPEG":
+                im.draft("RGB", (draft_size, draft_size))
+            im.load()
+            return _to_rgb(ImageOps.exif_transpose(im))
+    except BadSample:
+        raise
+    except Image.DecompressionBombError as e:
         raise BadSample("image too large", str(e)) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+    except UnidentifiedImageError:
+        raise BadSample("corrupt image", "not an image format Pillow reads") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise BadSample("corrupt image", str(e) or type(e).__name__) from None
 
 
