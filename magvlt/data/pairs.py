@@ -191,13 +191,18 @@ def _pair(key: str, files: dict[str, tuple[str, bytes]]) -> Pair:
 def group(members: Iterator[tuple[str, str, bytes]]) -> Iterator[tuple[str, dict[str, tuple[str, bytes]]]]:
     """Consecutive (name, where, bytes) files sharing a key -> (key, {ext: (where, bytes)}) (the webdataset rule)."""
     key, files = None, {}
-    for name, where, data in members:
-        k, ext = split_name(name)
-        if k != key and files:
+    try:
+        for name, where, data in members:
+            k, ext = split_name(name)
+            if k != key and files:
+                yield key, files
+                files = {}
+            key = k
+            files[ext] = (where, data)
+    except BadSample:  # a shard that breaks off: the key read in full before the break still counts
+        if files:
             yield key, files
-            files = {}
-        key = k
-        files[ext] = (where, data)
+        raise
     if files:
         yield key, files
 
