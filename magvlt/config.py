@@ -96,6 +96,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.96)
     grad_clip: float = 4.0
     bpe_dropout: float = 0.1  # text BPE dropout while training (0 at inference)
+    shuffle_shards: int = 64  # shuffle buffer: each epoch mixes the rows of this many shards at a time (0: all)
     bf16: bool = True  # autocast on CPU and CUDA
     compile: bool = False
     fsdp: bool = False  # FSDP2 fully_shard instead of DDP under torchrun

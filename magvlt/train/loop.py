@@ -170,7 +170,7 @@ def _batch_stream(cfg: TrainConfig, dataset: TokenizedDataset, info: dist.DistIn
     accum = cfg.grad_accum
     return BatchStream(dataset, batch_size=cfg.batch_size, n_micro=info.world_size * accum, seed=cfg.seed,
                        micro_ids=range(info.rank * accum, (info.rank + 1) * accum), tokenizer=tokenizer,
-                       bpe_dropout=cfg.bpe_dropout)
+                       bpe_dropout=cfg.bpe_dropout, shuffle_shards=cfg.shuffle_shards)
 
 
 def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: bool, info: dist.DistInfo,
