@@ -150,6 +150,8 @@ def _build(cfg: TrainConfig, info: dist.DistInfo) -> tuple[TrainingObjective, nn
         torch.manual_seed(cfg.seed)
         model = Transformer(cfg.model)
     objective = TrainingObjective(model.to(info.device), cfg.objective)
+    if cfg.activation_checkpointing:
+        dist.checkpoint_activations(model.blocks)
     if cfg.compile:
         model.compile()
     wrapped = dist.wrap(objective, model.blocks, info, cfg.fsdp)
