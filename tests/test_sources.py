@@ -171,3 +171,6 @@ def test_cli_reports_and_refuses_other_data_in_the_same_folder(setup, capsys):
     assert TokenizedDataset(tmp / "cli").meta["image_size"] == [16, 16]  # the VQ-GAN's resolution by default
     assert cli_main([*argv, "--image-size", "32"]) == 2
     assert "holds the tokens of other data" in capsys.readouterr().err
+    both = [*argv[:2], str(tmp / "shards" / "00000.tar"), str(tmp / "shards" / "00003.tar"), *argv[3:7], "--out",
+            str(tmp / "both")]
+    assert cli_main(both) == 0 and len(TokenizedDataset(tmp / "both")) == 7  # several sources joined

@@ -19,8 +19,8 @@ def register(subparsers) -> None:
                     "'shards/{00000..00999}.tar'), a folder of {key}.jpg + {key}.txt, or a COCO-style captions "
                     "JSON with --images. Bad samples are skipped and listed in OUT/report.json and "
                     "OUT/skipped.jsonl. A stopped run continues when started again with the same arguments.")
-    parser.add_argument("--data", required=True, help="tar shards (folder, .tar or brace pattern), a folder of pairs, "
-                                                      "or a captions JSON")
+    parser.add_argument("--data", required=True, nargs="+", help="tar shards (folder, .tar or brace pattern), a folder "
+                                                                 "of pairs, or a captions JSON; several are joined")
     parser.add_argument("--images", type=Path, help="image folder of a COCO-style captions JSON given as --data")
     parser.add_argument("--vq", type=Path, required=True, help="saved VQ-GAN directory")
     parser.add_argument("--text", type=Path, required=True, help="saved text tokenizer directory")
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
-    units = open_source(args.data, args.images, args.shard_size)
+    units = [unit for spec in args.data for unit in open_source(spec, args.images, args.shard_size)]
     vq = load_vq(args.vq, device=device)
     tok = load_text_tokenizer(args.text)
     size = args.image_size if args.image_size is not None else vq.cfg.resolution
