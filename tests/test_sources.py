@@ -149,14 +149,14 @@ def test_folder_and_coco_sources(setup, tmp_path):
     coco = {"images": [{"id": i, "file_name": f"img{i}.jpg"} for i in range(4)] + [{"id": 9, "file_name": "gone.jpg"}],
             "annotations": [{"image_id": i, "caption": c} for i, c in enumerate(WORDS)]
                            + [{"image_id": 0, "caption": WORDS[3]}, {"image_id": 1, "caption": ""},
-                              {"image_id": 9, "caption": WORDS[0]}]}
+                              {"image_id": 9, "caption": WORDS[0]}, {"image_id": 77, "caption": WORDS[1]}]}
     (tmp_path / "captions.json").write_text(json.dumps(coco))
     out = tokenize_units(open_source(tmp_path / "captions.json", folder), vq, tok, tmp_path / "coco", vq_dir=None,
                          text_dir=None, image_size=16, progress=False)
     rows, captions = TokenizedDataset(out).rows(np.arange(5))
     assert captions == [WORDS[0], WORDS[3], *WORDS[1:]]  # image 0 has two captions: one encoding, two rows
     assert (rows["image"][0] == rows["image"][1]).all()
-    assert json.loads((out / REPORT).read_text())["skipped_by_reason"] == {"empty caption": 1, "no image": 1}
+    assert json.loads((out / REPORT).read_text())["skipped_by_reason"] == {"empty caption": 1, "no image": 2}
     with pytest.raises(UserError, match="--images"):
         open_source(tmp_path / "captions.json")
 

@@ -138,13 +138,17 @@ def _coco_units(path: Path, image_dir: Path, chunk: int) -> list[Unit]:
                         f"image_id, caption): {e!r}") from None
     if not image_dir.is_dir():
         raise UserError(f"image folder {image_dir} not found")
-    rows = [(key, name, captions[key]) for key, name in images]
+    rows = [(key, name, captions.pop(key, [])) for key, name in images]
+    orphans = [Skipped(f"{path} annotation of image_id {key}", "no image", "image_id not in images")
+               for key, raw in captions.items() for _ in raw]  # what is left names no listed image
     parts = [rows[i : i + chunk] for i in range(0, len(rows), chunk)]
-    return [Unit(f"{path}[{i * chunk}:{i * chunk + len(p)}]", functools.partial(_read_coco, image_dir, p))
+    return [Unit(f"{path}[{i * chunk}:{i * chunk + len(p)}]",
+                 functools.partial(_read_coco, image_dir, p, orphans if i == 0 else []))
             for i, p in enumerate(parts)]
 
 
-def _read_coco(image_dir: Path, rows: list[tuple[str, str, list]]) -> Iterator[Sample | Skipped]:
+def _read_coco(image_dir: Path, rows: list[tuple[str, str, list]], orphans: list[Skipped]) -> Iterator[Sample | Skipped]:
+    yield from orphans
     for key, name, raw in rows:
         where = str(image_dir / name)
         kept = []

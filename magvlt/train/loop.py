@@ -177,7 +177,7 @@ def _batch_stream(cfg: TrainConfig, dataset: TokenizedDataset, info: dist.DistIn
 
 def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: bool, info: dist.DistInfo,
            t0: float) -> Path:
-    dataset = TokenizedDataset(data_dir)
+    dataset = TokenizedDataset(data_dir, max_open=max(128, 2 * cfg.shuffle_shards))  # a window and the next
     cfg.model, notes = fit_to_data(cfg.model, dataset.meta)
     for note in notes:
         _say(info, note)
