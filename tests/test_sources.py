@@ -174,3 +174,10 @@ def test_cli_reports_and_refuses_other_data_in_the_same_folder(setup, capsys):
     both = [*argv[:2], str(tmp / "shards" / "00000.tar"), str(tmp / "shards" / "00003.tar"), *argv[3:7], "--out",
             str(tmp / "both")]
     assert cli_main(both) == 0 and len(TokenizedDataset(tmp / "both")) == 7  # several sources joined
+
+
+def test_an_image_size_the_vq_gan_cannot_halve_is_refused(setup, capsys):
+    tmp = setup[0]
+    argv = ["tokenize", "--data", str(tmp / "shards"), "--vq", str(tmp / "vq"), "--text", str(tmp / "text"),
+            "--out", str(tmp / "odd"), "--image-size", "18"]
+    assert cli_main(argv) == 2 and "must be a multiple of 4" in capsys.readouterr().err

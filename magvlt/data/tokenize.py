@@ -115,7 +115,7 @@ class _UnitWriter:
     def run(self, index: int, unit: Unit, pool: ThreadPoolExecutor, size: int | None, batch_size: int, bar) -> dict:
         """Tokenize unit `index` into shard-{index}; returns its progress record (also written to progress/)."""
         rows: dict[str, list[np.ndarray]] = {k: [] for k in FIELDS}
-        captions, skipped, unknown, shapes = [], [], collections.Counter(), set()
+        captions, skipped, unknown, shapes = [], [], set(), set()
         stats = {"images": 0, "captions_with_unknown_characters": 0, "truncated_captions": 0}
         for batch, images in _prefetched(_batches(unit.read(), batch_size, skipped), pool, size):
             kept, texts, repeats = [], [], []
@@ -148,7 +148,7 @@ class _UnitWriter:
         atomic_write_text(self.out / PROGRESS / f"{index:05d}.json", json.dumps(record) + "\n")
         return record
 
-    def _captions(self, sample: Sample, skipped: list[Skipped], unknown: collections.Counter, stats: dict) -> list[str]:
+    def _captions(self, sample: Sample, skipped: list[Skipped], unknown: set[str], stats: dict) -> list[str]:
         """The sample's captions the tokenizer can spell (unknown characters removed and counted)."""
         kept = []
         for caption in sample.captions:
@@ -196,6 +196,9 @@ def tokenize_units(units: Sequence[Unit], vq, tok, out_dir: str | Path, *, vq_di
         raise UserError(f"batch size and workers must be >= 1, got {batch_size} and {workers}")
     if not units:
         raise UserError("no image-caption pairs to tokenize")
+    if image_size is not None and (image_size < 1 or image_size % (2 * vq.factor)):
+        raise UserError(f"image size {image_size} must be a multiple of {2 * vq.factor}: the VQ-GAN's factor "
+                        f"{vq.factor} at half size too (MixSel's half-width and half-height encodings)")
     out = Path(out_dir)
     job = {"units": [u.name for u in units], "image_size": image_size, "image_vocab": vq.cfg.n_embed,
            "text_vocab": tok.vocab_size, "text_len": tok.length, "vq_dir": _resolved(vq_dir),
