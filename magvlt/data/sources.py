@@ -49,10 +49,11 @@ class Skipped:
 
 @dataclass(frozen=True)
 class Unit:
-    """A piece of a source that is read and written on its own."""
+    """A piece of a source that is read and written on its own; size: its number of samples, if known."""
 
     name: str
     read: Callable[[], Iterator[Sample | Skipped]]
+    size: int | None = None
 
 
 def open_source(spec: str | Path, images: str | Path | None = None, chunk: int = 10000) -> list[Unit]:
@@ -82,7 +83,15 @@ def open_source(spec: str | Path, images: str | Path | None = None, chunk: int =
 def _tar_units(paths: list[Path], spec: str) -> list[Unit]:
     if not any(p.is_file() for p in paths):
         raise UserError(f"no tar shards at {spec}")
-    return [Unit(str(p), functools.partial(_read_tar, p)) for p in paths]
+    return [Unit(str(p), functools.partial(_read_tar, p), _img2dataset_successes(p)) for p in paths]
+
+
+def _img2dataset_successes(shard: Path) -> int | None:
+    """The samples img2dataset wrote into a shard, from the `{shard}_stats.json` it leaves beside it."""
+    try:
+        return int(json.loads(shard.with_name(f"{shard.stem}_stats.json").read_text())["successes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _samples(groups, where: str) -> Iterator[Sample | Skipped]:
@@ -118,7 +127,7 @@ def _folder_units(path: Path, chunk: int) -> list[Unit]:
         else:
             keys.append([name])
     parts = [keys[i : i + chunk] for i in range(0, len(keys), chunk)]
-    return [Unit(f"{path}[{i * chunk}:{i * chunk + len(p)}]", functools.partial(_read_folder, path, p))
+    return [Unit(f"{path}[{i * chunk}:{i * chunk + len(p)}]", functools.partial(_read_folder, path, p), len(p))
             for i, p in enumerate(parts)]
 
 
@@ -143,7 +152,7 @@ def _coco_units(path: Path, image_dir: Path, chunk: int) -> list[Unit]:
                for key, raw in captions.items() for _ in raw]  # what is left names no listed image
     parts = [rows[i : i + chunk] for i in range(0, len(rows), chunk)]
     return [Unit(f"{path}[{i * chunk}:{i * chunk + len(p)}]",
-                 functools.partial(_read_coco, image_dir, p, orphans if i == 0 else []))
+                 functools.partial(_read_coco, image_dir, p, orphans if i == 0 else []), len(p))
             for i, p in enumerate(parts)]
 
 

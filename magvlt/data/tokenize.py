@@ -78,12 +78,13 @@ def _prepared(image: bytes | np.ndarray, size: int | None) -> np.ndarray | BadSa
         return e
 
 
-def _batches(items: Iterable[Sample | Skipped], batch_size: int, skipped: list[Skipped]) -> Iterator[list[Sample]]:
-    """Samples in batches of batch_size (the last one shorter); Skipped records go to `skipped`."""
+def _batches(items: Iterable[Sample | Skipped], batch_size: int, skipped: list[Skipped], bar) -> Iterator[list[Sample]]:
+    """Samples in batches of batch_size (the last one shorter); Skipped records go to `skipped` (and the bar)."""
     batch = []
     for item in items:
         if isinstance(item, Skipped):
             skipped.append(item)
+            bar.update(1)
             continue
         batch.append(item)
         if len(batch) == batch_size:
@@ -117,7 +118,7 @@ class _UnitWriter:
         rows: dict[str, list[np.ndarray]] = {k: [] for k in FIELDS}
         captions, skipped, unknown, shapes = [], [], set(), set()
         stats = {"images": 0, "captions_with_unknown_characters": 0, "truncated_captions": 0}
-        for batch, images in _prefetched(_batches(unit.read(), batch_size, skipped), pool, size):
+        for batch, images in _prefetched(_batches(unit.read(), batch_size, skipped, bar), pool, size):
             kept, texts, repeats = [], [], []
             for sample, image in zip(batch, images):
                 if isinstance(image, BadSample):
@@ -189,7 +190,7 @@ def _check_job(out: Path, job: dict) -> None:
 
 def tokenize_units(units: Sequence[Unit], vq, tok, out_dir: str | Path, *, vq_dir: str | Path | None,
                    text_dir: str | Path | None, image_size: int | None, batch_size: int = 64, workers: int = 4,
-                   rank: int = 0, world_size: int = 1, progress: bool = True, total: int | None = None) -> Path:
+                   rank: int = 0, world_size: int = 1, progress: bool = True) -> Path:
     """Tokenize this rank's units into out_dir (see the module docstring); rank 0 then writes meta.json and the
     report once every rank's units are done. Returns out_dir."""
     if batch_size < 1 or workers < 1:
@@ -206,6 +207,8 @@ def tokenize_units(units: Sequence[Unit], vq, tok, out_dir: str | Path, *, vq_di
     _check_job(out, job)
     todo = [i for i in range(rank, len(units), world_size) if not (out / PROGRESS / f"{i:05d}.json").is_file()]
     writer = _UnitWriter(vq, tok, out, shard_dtypes(job))
+    sizes = [units[i].size for i in todo]
+    total = None if None in sizes else sum(sizes)  # the bar counts samples read (kept or skipped)
     desc = f"tokenize (rank {rank})" if world_size > 1 else "tokenize"
     with ThreadPoolExecutor(workers) as pool, tqdm(total=total, unit="pair", desc=desc,
                                                    disable=None if progress else True) as bar:
@@ -298,7 +301,7 @@ def _memory_units(images: Sequence[np.ndarray], captions: Sequence[str], shard_s
         return h.hexdigest()
 
     bounds = [(i, min(i + shard_size, len(captions))) for i in range(0, len(captions), shard_size)]
-    return [Unit(f"memory[{a}:{b}] {digest(a, b)}", lambda a=a, b=b: read(a, b)) for a, b in bounds]
+    return [Unit(f"memory[{a}:{b}] {digest(a, b)}", lambda a=a, b=b: read(a, b), b - a) for a, b in bounds]
 
 
 def tokenize_pairs(images: np.ndarray | Sequence[np.ndarray], captions: Sequence[str], vq, tok, out_dir: str | Path, *,
@@ -312,4 +315,4 @@ def tokenize_pairs(images: np.ndarray | Sequence[np.ndarray], captions: Sequence
         raise UserError(f"shard size must be >= 1, got {shard_size}")
     return tokenize_units(_memory_units(images, captions, shard_size), vq, tok, out_dir, vq_dir=vq_dir,
                           text_dir=text_dir, image_size=image_size, batch_size=batch_size, workers=1,
-                          progress=progress, total=len(captions))
+                          progress=progress)
