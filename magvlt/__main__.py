@@ -1,4 +1,4 @@
-"""`python -m magvlt ...` is the `magvlt` command."""
+"""`python -m magvlt` (and `torchrun -m magvlt ...`): the command line."""
 from magvlt.cli import main
 
 raise SystemExit(main())

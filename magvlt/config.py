@@ -96,8 +96,10 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.96)
     grad_clip: float = 4.0
     bpe_dropout: float = 0.1  # text BPE dropout while training (0 at inference)
+    shuffle_shards: int = 64  # shuffle buffer: each epoch mixes the rows of this many shards at a time (0: all)
     precision: str = "auto"  # "auto": bf16 autocast where the hardware has fast bf16 (magvlt.precision); "bf16"; "fp32"
     compile: bool = False
+    activation_checkpointing: bool = False  # recompute each block in backward: far less memory, ~1/3 more compute
     fsdp: bool = False  # FSDP2 fully_shard instead of DDP under torchrun
     seed: int = 0
     log_every: int = 10

@@ -1,23 +1,75 @@
-"""Image preprocessing shared by data, evaluation and the pipeline: reading files, fitting an image to the
-model's size (shorter side resized bilinearly, then a center crop, as the paper's code does), pixel masks to
-token masks and pasting an inpainted region back."""
+"""Image preprocessing shared by data, evaluation, the pipeline and the server: images as crawlers and users bring
+them -> RGB, fitted to the model's size as the paper's code prepares them, pixel masks to token masks, and
+pasting an inpainted region back.
+
+`load_image` reads any file Pillow reads (JPEG, PNG, WebP, BMP, GIF: the first frame) into RGB: EXIF orientation
+is applied; grayscale is repeated to three channels; alpha (and palette transparency) is composited over black;
+16-bit values v become round(v * 255 / 65535); CMYK, palette and other modes go through Pillow's RGB conversion.
+Whatever cannot be read raises `BadSample` with a short reason, so a reader can skip and count it. `fit_image`
+scales the shorter side to the target with bilinear resampling and cuts the center.
+"""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from magvlt.errors import UserError
 
+MAX_PIXELS = 8192 * 8192  # larger images are refused before decoding (decompression bombs); below Pillow's ~89M
+_DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+class BadSample(UserError):
+    """A sample (image, caption or shard) that cannot become training data; `reason` is a short label for reports."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+def load_image(data: bytes, draft_size: int | None = None) -> Image.Image:
+    """Image file bytes -> PIL RGB by the rules above; with draft_size, JPEGs decode at the smallest DCT scale
+    that keeps both sides >= draft_size (several times faster on large photographs)."""
+    if not data:
+        raise BadSample("empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise BadSample("image too large", f"{im.width}x{im.height} pixels")
+            if draft_size and im.format == "JPEG":
+                im.draft("RGB", (draft_size, draft_size))
+            im.load()
+            return _to_rgb(ImageOps.exif_transpose(im))
+    except BadSample:
+        raise
+    except Image.DecompressionBombError as e:
+        raise BadSample("image too large", str(e)) from None
+    except UnidentifiedImageError:
+        raise BadSample("corrupt image", "not an image format Pillow reads") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise BadSample("corrupt image", str(e) or type(e).__name__) from None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in _DEEP_MODES:
+        a = np.asarray(im).astype(np.int64).clip(0, 65535)
+        return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+    if "A" in im.getbands() or "transparency" in im.info:
+        rgba = np.asarray(im.convert("RGBA")).astype(np.uint16)
+        alpha = rgba[..., 3:]
+        return Image.fromarray(((rgba[..., :3] * alpha + 127) // 255).astype(np.uint8))
+    return im.convert("RGB") if im.mode != "RGB" else im
+
 
 def read_image(path: str | Path) -> Image.Image:
-    """An image file as RGB, or a UserError naming the file."""
+    """An image file as RGB (`load_image`'s rules), or a UserError naming the file."""
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+        return load_image(Path(path).read_bytes())
+    except (BadSample, OSError) as e:
         raise UserError(f"cannot read image {path}: {e}") from None
 
 
@@ -36,8 +88,12 @@ def as_list(images) -> list:
 
 def fit_image(image, size: tuple[int, int], resample=Image.Resampling.BILINEAR, mode: str = "RGB") -> np.ndarray:
     """Resize the shorter side to fit (H, W), then center-crop: uint8 [H, W, 3] (or [H, W] for mode "L")."""
+    if isinstance(image, np.ndarray) and image.shape[:2] == tuple(size) and mode == "RGB" and image.ndim == 3:
+        return image  # already the size: untouched (the 32 px shapes world)
     im = as_pil(image, mode)
     h, w = size
+    if size[0] < 1 or size[1] < 1:
+        raise UserError(f"image size must be positive, got {size}")
     scale = max(h / im.height, w / im.width)
     rw, rh = max(w, round(im.width * scale)), max(h, round(im.height * scale))
     if (rw, rh) != im.size:

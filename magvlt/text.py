@@ -134,6 +134,14 @@ class TextTokenizer:
     def _knows(self, char: str) -> bool:
         return all(BYTE_ENCODER[b] in self.encoder for b in char.encode("utf-8"))
 
+    def drop_unknown(self, text: str) -> tuple[str, str]:
+        """The normalized text without the characters this vocabulary cannot spell, and those characters."""
+        text = normalize_text(text)
+        unknown = "".join(sorted({c for c in text if c != " " and not self._knows(c)}))
+        if unknown:
+            text = WHITESPACE.sub(" ", "".join(c for c in text if c not in unknown)).strip()
+        return text, unknown
+
     def encode(self, texts: Sequence[str], *, dropout: float = 0.0, rng=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Texts -> (ids [B, length] as [sot, BPE..., eot, pad...], lengths [B] counting sot and eot).
 

@@ -9,7 +9,7 @@ from magvlt.cli import main as cli_main
 from magvlt.config import VQConfig
 from magvlt.data.pairs import write_pairs
 from magvlt.data.tokenize import squeeze, tokenize_pairs
-from magvlt.data.tokenized import BatchStream, ShardWriter, TokenizedDataset, derive_seed, read_meta
+from magvlt.data.tokenized import BatchStream, EpochOrder, ShardWriter, TokenizedDataset, derive_seed, read_meta
 from magvlt.errors import UserError
 from magvlt.text import CaptionBPE
 from magvlt.vq import VQGAN, save_vq
@@ -25,7 +25,7 @@ def test_shards_round_trip_in_any_order(tmp_path):
     write_synthetic(tmp_path, n=250, shard_size=100)
     ds = TokenizedDataset(tmp_path)
     assert len(ds) == 250 and [s["count"] for s in ds.meta["shards"]] == [100, 100, 50]
-    assert ds.shards[0]["image"].dtype == np.int16 and isinstance(ds.shards[0]["image"], np.memmap)
+    assert ds.shard(0)["image"].dtype == np.int16 and not ds.shard(0)["image"].flags.owndata  # mapped, not read
     all_rows, all_captions = ds.rows(np.arange(250))
     idx = np.array([249, 0, 150, 99, 100, 0])
     rows, captions = ds.rows(idx)
@@ -43,7 +43,7 @@ def test_text_ids_of_a_large_vocabulary_are_int32(tmp_path):
     writer.add({k: np.array(v) for k, v in rows.items()}, ["x"])
     writer.close()
     ds = TokenizedDataset(tmp_path)
-    assert ds.shards[0]["text"].dtype == np.int32 and ds.shards[0]["image"].dtype == np.int16
+    assert ds.shard(0)["text"].dtype == np.int32 and ds.shard(0)["image"].dtype == np.int16
     assert ds.rows(np.array([0]))[0]["text"].tolist() == [[49406, 40000, 49407]]
 
 
@@ -84,6 +84,35 @@ def test_stream_resumes_from_its_state(tmp_path):
     b.load_state_dict(a.state_dict())
     for _ in range(4):
         x, y = next(a)[0], next(b)[0]
+        assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_epoch_order_is_a_shuffle_buffer_of_whole_shards():
+    counts = [100] * 9 + [37]
+    n = sum(counts)
+    whole = EpochOrder(counts, seed=3, epoch=1, window=0).slice(0, n)
+    assert np.array_equal(whole, np.random.default_rng(derive_seed("permutation", 3, 1)).permutation(n))  # as before
+    order = EpochOrder(counts, seed=3, epoch=1, window=4)
+    full = order.slice(0, n)
+    assert np.array_equal(np.sort(full), np.arange(n)) and not np.array_equal(full, whole)
+    shards = np.searchsorted(np.cumsum(counts), full, side="right")
+    for w, window in enumerate(order.windows):  # the rows of each stretch come from its (4 or 2) shards
+        assert set(shards[order.bounds[w] : order.bounds[w + 1]].tolist()) == set(window.tolist())
+    assert [len(w) for w in order.windows] == [4, 4, 2]
+    again = EpochOrder(counts, seed=3, epoch=1, window=4)  # a resumed run: any stretch, computed afresh
+    assert np.array_equal(again.slice(390, 810), full[390:810]) and np.array_equal(again.slice(0, 5), full[:5])
+    assert not np.array_equal(EpochOrder(counts, seed=3, epoch=2, window=4).slice(0, n), full)
+
+
+def test_windowed_stream_resumes_and_splits_like_the_whole(tmp_path):
+    ds = TokenizedDataset(write_synthetic(tmp_path, n=60, shard_size=7))
+    a = _stream(ds, shuffle_shards=2, n_micro=2, micro_ids=[0, 1])
+    for _ in range(9):  # 7 batches per epoch: into the second
+        next(a)
+    b = _stream(ds, shuffle_shards=2, n_micro=2, micro_ids=[1])
+    b.load_state_dict(a.state_dict())
+    for _ in range(8):
+        x, y = next(a)[1], next(b)[0]
         assert all(torch.equal(x[k], y[k]) for k in x)
 
 

@@ -8,13 +8,11 @@ written and read with the standard library instead of that package, whose import
 defaults split shards by DataLoader worker and refuse to run under torchrun without a node splitter. Shards are
 renamed into place when complete; a plain folder (for small sets and inspection) is written file by file.
 
-Images are read as uint8 RGB: grayscale is repeated to three channels, alpha is composited over black (the
-shapes-world background), 16-bit values v become round(v * 255 / 65535), palette and other modes go through
-Pillow's RGB conversion.
+Images are read as uint8 RGB by the rules of `magvlt.images` (alpha over black, the shapes-world
+background). `magvlt.data.sources` reads the same layouts leniently, for `magvlt tokenize`.
 """
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import os
@@ -26,8 +24,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from magvlt.images import BadSample, load_image
 from magvlt.errors import UserError
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp")
@@ -103,7 +101,7 @@ def write_pairs(out_dir: str | Path, images: Iterable[np.ndarray], captions: Ite
         raise UserError(f"shard_size must be positive, got {shard_size}")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(_split_name(f.name)[1] in (*IMAGE_EXTS, CAPTION_EXT, "tar") for f in out.iterdir()):
+    if out.is_dir() and any(split_name(f.name)[1] in (*IMAGE_EXTS, CAPTION_EXT, "tar") for f in out.iterdir()):
         raise UserError(f"{out} already holds pairs; write into an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
     streams = (images, captions) if meta is None else (images, captions, meta)
@@ -134,44 +132,52 @@ def write_pairs(out_dir: str | Path, images: Iterable[np.ndarray], captions: Ite
 
 
 def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Image file bytes -> uint8 RGB [H, W, 3] by the rule in the module docstring; UserError naming the file."""
+    """Image file bytes -> uint8 RGB [H, W, 3] (the rules of magvlt.images); UserError naming the file."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            if im.mode in ("I", "I;16", "I;16B", "I;16L"):
-                a = np.asarray(im).astype(np.int64).clip(0, 65535)
-                a = ((a * 255 + 32767) // 65535).astype(np.uint8)
-            else:
-                has_alpha = "A" in im.getbands() or "transparency" in im.info
-                a = np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        return np.asarray(load_image(data))
+    except BadSample as e:
         raise UserError(f"cannot read image {name}: {e}") from None
-    if a.ndim == 2:
-        return np.repeat(a[..., None], 3, axis=-1)
-    if a.shape[-1] == 4:
-        alpha = a[..., 3:].astype(np.uint16)
-        return ((a[..., :3].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
-    return np.ascontiguousarray(a)
 
 
-def _split_name(name: str) -> tuple[str, str]:
+def split_name(name: str) -> tuple[str, str]:
     """'dir/000001.png' -> ('dir/000001', 'png'): the key ends at the first dot of the base name."""
     head, _, base = name.rpartition("/")
     stem, _, ext = base.partition(".")
     return (f"{head}/{stem}" if head else stem), ext.lower()
 
 
-def _pair(key: str, files: dict[str, tuple[str, bytes]]) -> Pair:
-    image = next((files[e] for e in IMAGE_EXTS if e in files), None)
-    if image is None or CAPTION_EXT not in files:
-        missing = "an image (" + "/".join(IMAGE_EXTS) + ")" if image is None else f"a .{CAPTION_EXT} caption"
-        where = next(iter(files.values()))[0]
-        raise UserError(f"pair {key!r} ({where}) has no {missing}")
-    name, data = files[CAPTION_EXT]
+def caption_text(data: bytes) -> str:
+    """Caption file bytes -> the stripped UTF-8 text; BadSample if it is not UTF-8 or empty."""
     try:
-        caption = data.decode("utf-8").strip()
+        text = data.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise UserError(f"caption {name} is not UTF-8 text") from None
+        raise BadSample("caption not UTF-8") from None
+    if not text:
+        raise BadSample("empty caption")
+    return text
+
+
+def image_file(files: dict[str, tuple[str, bytes]]) -> tuple[str, bytes]:
+    """The (where, bytes) of a key's image file; BadSample "no image" if it has none."""
+    found = next((files[e] for e in IMAGE_EXTS if e in files), None)
+    if found is None:
+        raise BadSample("no image", "no " + "/".join(IMAGE_EXTS) + " file")
+    return found
+
+
+def caption_file(files: dict[str, tuple[str, bytes]]) -> str:
+    """A key's caption text (see caption_text); BadSample "no caption" if it has no .txt file."""
+    if CAPTION_EXT not in files:
+        raise BadSample("no caption", f"no .{CAPTION_EXT} file")
+    return caption_text(files[CAPTION_EXT][1])
+
+
+def _pair(key: str, files: dict[str, tuple[str, bytes]]) -> Pair:
+    where = next(iter(files.values()))[0]
+    try:
+        image, caption = image_file(files), caption_file(files)
+    except BadSample as e:
+        raise UserError(f"pair {key!r} ({where}): {e}") from None
     meta = None
     if META_EXT in files:
         name, data = files[META_EXT]
@@ -182,55 +188,67 @@ def _pair(key: str, files: dict[str, tuple[str, bytes]]) -> Pair:
     return Pair(key, decode_image(image[1], image[0]), caption, meta)
 
 
-def _group(members: Iterator[tuple[str, str, bytes]]) -> Iterator[Pair]:
-    """Consecutive (name, where, bytes) files sharing a key -> pairs (the webdataset grouping rule)."""
+def group(members: Iterator[tuple[str, str, bytes]]) -> Iterator[tuple[str, dict[str, tuple[str, bytes]]]]:
+    """Consecutive (name, where, bytes) files sharing a key -> (key, {ext: (where, bytes)}) (the webdataset rule)."""
     key, files = None, {}
-    for name, where, data in members:
-        k, ext = _split_name(name)
-        if k != key and files:
-            yield _pair(key, files)
-            files = {}
-        key = k
-        files[ext] = (where, data)
+    try:
+        for name, where, data in members:
+            k, ext = split_name(name)
+            if k != key and files:
+                yield key, files
+                files = {}
+            key = k
+            files[ext] = (where, data)
+    except BadSample:  # a shard that breaks off: the key read in full before the break still counts
+        if files:
+            yield key, files
+        raise
     if files:
-        yield _pair(key, files)
+        yield key, files
 
 
 def _hidden(name: str) -> bool:
     return name.rpartition("/")[2].startswith(".")
 
 
-def _tar_members(path: Path) -> Iterator[tuple[str, str, bytes]]:
+def tar_members(path: Path) -> Iterator[tuple[str, str, bytes]]:
+    """The files of a tar shard in order; a shard that cannot be read (on) raises BadSample "unreadable shard"."""
     try:
         with tarfile.open(path, "r|*") as tar:
             for info in tar:
                 if info.isfile() and not _hidden(info.name):
                     yield info.name, f"{path}:{info.name}", tar.extractfile(info).read()
-    except (tarfile.TarError, OSError) as e:
-        raise UserError(f"cannot read tar shard {path}: {e}") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise BadSample("unreadable shard", f"cannot read tar shard {path}: {e}") from None
 
 
-def _folder_members(path: Path) -> Iterator[tuple[str, str, bytes]]:
-    for name in sorted(e.name for e in os.scandir(path) if e.is_file() and not _hidden(e.name)):
+def folder_members(path: Path, names: Iterable[str]) -> Iterator[tuple[str, str, bytes]]:
+    """(name, where, bytes) of the named files of a folder, in the given order."""
+    for name in names:
         yield name, str(path / name), (path / name).read_bytes()
 
 
+def folder_names(path: Path) -> list[str]:
+    """The sorted names of a folder's visible files."""
+    return sorted(e.name for e in os.scandir(path) if e.is_file() and not _hidden(e.name))
+
+
 def iter_pairs(path: str | Path) -> Iterator[Pair]:
-    """Stream the pairs of a folder of tar shards, a single .tar, or a plain folder of {key}.png + {key}.txt."""
+    """Stream the pairs of a folder of tar shards, a single .tar, or a plain folder of {key}.png + {key}.txt;
+    the first bad file ends the stream with a UserError naming it (`magvlt tokenize` skips and counts instead)."""
     path = Path(path)
     if path.is_file():
         if not tarfile.is_tarfile(path):
             raise UserError(f"{path} is not a tar shard; give a .tar file or a folder of pairs")
-        yield from _group(_tar_members(path))
-        return
-    if not path.is_dir():
-        raise UserError(f"no pairs at {path}: not a folder or a tar file")
-    shards = sorted(path.glob("*.tar"))
-    if shards:
-        for shard in shards:
-            yield from _group(_tar_members(shard))
+        groups = group(tar_members(path))
+    elif path.is_dir():
+        shards = sorted(path.glob("*.tar"))
+        groups = (itertools.chain.from_iterable(group(tar_members(s)) for s in shards) if shards
+                  else group(folder_members(path, folder_names(path))))
     else:
-        yield from _group(_folder_members(path))
+        raise UserError(f"no pairs at {path}: not a folder or a tar file")
+    for key, files in groups:
+        yield _pair(key, files)
 
 
 def load_pairs(path: str | Path) -> tuple[np.ndarray, list[str]]:

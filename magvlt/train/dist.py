@@ -5,11 +5,13 @@ Without torchrun (no WORLD_SIZE in the environment) everything degrades to a sin
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.utils.checkpoint
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
@@ -72,6 +74,20 @@ def wrap(module: nn.Module, blocks: nn.ModuleList, info: DistInfo, fsdp: bool) -
 
     return DistributedDataParallel(module, device_ids=[info.device.index] if info.device.type == "cuda" else None,
                                    find_unused_parameters=True)
+
+
+def checkpoint_activations(blocks: nn.ModuleList) -> None:
+    """Keep only each block's input for backward and recompute the rest (torch.utils.checkpoint, non-reentrant;
+    the RNG state is replayed, so dropout draws the same masks): activation memory of one block instead of all,
+    for about a third more compute. Parameters and their names are untouched; call it before `wrap`."""
+    for block in blocks:
+        block.forward = functools.partial(_checkpointed, block.forward)
+
+
+def _checkpointed(forward, *args, **kwargs):
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
 def gradient_sync(model: nn.Module, enabled: bool):

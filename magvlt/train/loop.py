@@ -150,6 +150,8 @@ def _build(cfg: TrainConfig, info: dist.DistInfo) -> tuple[TrainingObjective, nn
         torch.manual_seed(cfg.seed)
         model = Transformer(cfg.model)
     objective = TrainingObjective(model.to(info.device), cfg.objective)
+    if cfg.activation_checkpointing:
+        dist.checkpoint_activations(model.blocks)
     if cfg.compile:
         model.compile()
     wrapped = dist.wrap(objective, model.blocks, info, cfg.fsdp)
@@ -170,12 +172,12 @@ def _batch_stream(cfg: TrainConfig, dataset: TokenizedDataset, info: dist.DistIn
     accum = cfg.grad_accum
     return BatchStream(dataset, batch_size=cfg.batch_size, n_micro=info.world_size * accum, seed=cfg.seed,
                        micro_ids=range(info.rank * accum, (info.rank + 1) * accum), tokenizer=tokenizer,
-                       bpe_dropout=cfg.bpe_dropout)
+                       bpe_dropout=cfg.bpe_dropout, shuffle_shards=cfg.shuffle_shards)
 
 
 def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: bool, info: dist.DistInfo,
            t0: float) -> Path:
-    dataset = TokenizedDataset(data_dir)
+    dataset = TokenizedDataset(data_dir, max_open=max(128, 2 * cfg.shuffle_shards))  # a window and the next
     cfg.model, notes = fit_to_data(cfg.model, dataset.meta)
     for note in notes:
         _say(info, note)

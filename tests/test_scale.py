@@ -1,0 +1,47 @@
+"""Training options for large runs: activation checkpointing changes memory, not results."""
+import torch
+
+from magvlt.checkpoint import load_weights
+from magvlt.config import ModelConfig, TrainConfig
+from magvlt.model import Transformer
+from magvlt.train import dist
+from magvlt.train.loop import train
+from synthetic import write_synthetic
+
+
+def saved_bytes(model: Transformer, tokens: torch.Tensor) -> int:
+    """Bytes autograd keeps for backward over one forward (what activation memory is made of)."""
+    total = 0
+
+    def pack(t: torch.Tensor):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(tokens, torch.arange(tokens.shape[1])).square().mean()
+    return total
+
+
+def test_checkpointed_blocks_keep_a_fraction_of_the_activations():
+    cfg = ModelConfig(n_layer=4, n_head=2, n_embd=64, image_grid=(4, 4), text_len=8, dropout=0.0, attn_dropout=0.0)
+    model = Transformer(cfg)
+    tokens = torch.randint(0, 16, (2, cfg.image_tokens + cfg.text_len + 2))
+    plain = saved_bytes(model, tokens)
+    dist.checkpoint_activations(model.blocks)
+    assert saved_bytes(model, tokens) < plain / 4
+    assert set(dict(model.named_parameters())) == set(dict(Transformer(cfg).named_parameters()))
+
+
+def test_activation_checkpointing_trains_the_same_weights(tmp_path):
+    data = write_synthetic(tmp_path / "data", n=64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = [train(TrainConfig(model=ModelConfig(n_layer=2, n_head=2, n_embd=64), steps=3, batch_size=16,
+                                  warmup_steps=1, precision="fp32", bpe_dropout=0.0, activation_checkpointing=on),
+                      data, tmp_path / f"run{on}", progress=False) for on in (False, True)]
+    finally:
+        torch.set_num_threads(threads)
+    a, b = (load_weights(r / "model.safetensors") for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # dropout on: the recomputation replays its masks
