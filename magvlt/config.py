@@ -26,6 +26,7 @@ class ModelConfig:
     attn_dropout: float = 0.1
     causal: bool = False  # True: ARGVLT
     tie_embeddings: bool = True  # output heads share the input embedding table
+    official: bool = False  # the released code's architecture and layouts (docs/official.md sections 4-6)
 
     @property
     def image_tokens(self) -> int:
