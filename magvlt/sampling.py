@@ -24,7 +24,17 @@ from magvlt.masking import (
     unconditional_text,
     uniform,
 )
-from magvlt.model import KVCache, Task, Transformer, Vocab, argvlt_sequence, magvlt_sequence
+from magvlt.model import (
+    LENGTH_QUERY,
+    OFFICIAL_EOS,
+    KVCache,
+    Task,
+    Transformer,
+    Vocab,
+    argvlt_sequence,
+    magvlt_sequence,
+    official_segments,
+)
 from magvlt.schedulers import MaskGITScheduler, MaskPredictScheduler, TokenState, filter_logits
 
 
@@ -97,6 +107,13 @@ def _forward(model: Transformer, image: torch.Tensor, text: torch.Tensor, null: 
     return dict(zip(groups, h)), segs
 
 
+def _official_forward(model: Transformer, image: TokenState, text: TokenState, length: torch.Tensor, task: Task):
+    """The released model's layout of `task` (T2I for images, I2T for text): text EOS-padded past each length."""
+    tokens = torch.where(text_valid(length, text.tokens.shape[1]), text.tokens, OFFICIAL_EOS)
+    h = model.official(task, image.tokens, image.masked, tokens, text.masked, length)
+    return {"main": h}, official_segments(task, model.cfg)
+
+
 def _logits(head, states: dict[str, torch.Tensor], seg: slice, masked: torch.Tensor, scale: float) -> torch.Tensor:
     """Logits [M, V] at the masked positions only, guided when an unconditional row was fed."""
     cond = head(states["main"][:, seg][masked])
@@ -138,9 +155,15 @@ def decode(model: Transformer, image: TokenState, text: TokenState, length: torc
         raise UserError("decode needs a scheduler per generated modality, with the same number of steps")
     null = None if len(schedulers) == 2 or guidance_scale <= 1 else ("text" if image_scheduler else "image")
     vocab, generator, steps = model.vocab, _rng(generator), schedulers[0].num_inference_steps
+    if model.cfg.official and (len(schedulers) == 2 or null is not None):
+        raise UserError("the released MAGVLT decodes one modality given the other, without guidance")
     history = []
     for t in range(steps):
-        states, segs = _forward(model, _image_ids(vocab, image), _text_ids(vocab, text, length), null, repredict_length)
+        if model.cfg.official:
+            states, segs = _official_forward(model, image, text, length, Task.T2I if image_scheduler else Task.I2T)
+        else:
+            states, segs = _forward(model, _image_ids(vocab, image), _text_ids(vocab, text, length), null,
+                                    repredict_length)
         if image_scheduler is not None:
             logits = _logits(model.image_logits, states, segs.image, image.masked, guidance_scale)
             image = image_scheduler.step(logits, t, image, generator)
@@ -198,9 +221,21 @@ def length_logits(model: Transformer, image: torch.Tensor) -> torch.Tensor:
     """Logits [B, L] over text lengths 1..L at <BOT>, the text fed all <MASK> as in training (Sec. 3.2)."""
     _check_magvlt(model)
     cfg = model.cfg
+    if cfg.official:
+        return _official_length_logits(model, image)
     text = length_query_text(cfg, image.shape[0], image.device)
     tokens, position_ids, segs = magvlt_sequence(cfg, model.vocab.image(image), text)
     return model.length_logits(model(tokens, position_ids)[:, segs.bot]).float()
+
+
+def _official_length_logits(model: Transformer, image: torch.Tensor) -> torch.Tensor:
+    """sample_i2t's length query: EOS text, its first 16 positions masked and visible, I2T layout, <BOT> state."""
+    b, n_t = image.shape[0], model.cfg.text_len
+    n = min(LENGTH_QUERY, n_t)
+    text = torch.full((b, n_t), OFFICIAL_EOS, device=image.device)
+    h = model.official(Task.I2T, image, torch.zeros_like(image, dtype=torch.bool), text,
+                       text_valid(torch.full((b,), n, device=image.device), n_t), torch.full((b,), n, device=image.device))
+    return model.length_logits(h[:, official_segments(Task.I2T, model.cfg).bot]).float()
 
 
 def predict_lengths(model: Transformer, image: torch.Tensor, scheduler: MaskPredictScheduler,
@@ -210,6 +245,8 @@ def predict_lengths(model: Transformer, image: torch.Tensor, scheduler: MaskPred
     if scheduler.length_temperature > 0:
         u = uniform((image.shape[0],), _rng(generator), image.device)
         return sample_tokens(logits / scheduler.length_temperature, u)[0].unsqueeze(1) + 1
+    if scheduler.length_beam == 1:  # argmax of the softmax, ties to the shortest (as the official code)
+        return logits.softmax(dim=-1).argmax(dim=-1, keepdim=True) + 1
     return logits.topk(min(scheduler.length_beam, model.cfg.text_len), dim=-1).indices + 1
 
 
