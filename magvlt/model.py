@@ -18,13 +18,13 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from magvlt.config import ModelConfig
+from magvlt.errors import UserError
 
 SPECIAL_TOKENS = ("<BOI>", "<BOT>", "<MASK>", "<LEFT>", "<RIGHT>", "<TOP>", "<BOTTOM>", "<SEP>", "<PAD>")
 SLOTS = ("<BOI>", "<BOT>", "<SEL>")  # position slots of special tokens
 # the released model's special-token table (docs/official.md section 4), in its row order
 OFFICIAL_SPECIALS = ("BOI", "BOT", "BOC", "BOG", "MASK_IMG", "MASK_TXT", "BOG_LEFT", "BOG_RIGHT", "BOG_TOP", "BOG_BOTTOM")
 SPC = {name: i for i, name in enumerate(OFFICIAL_SPECIALS)}
-OFFICIAL_EOS = 49407  # <|endoftext|>: the official caption padding
 LENGTH_QUERY = 16  # the official length query masks (and shows) the first 16 text positions (sampling_i2t.py)
 
 
@@ -242,6 +242,8 @@ class Transformer(nn.Module):
         n_i, n_t, d = cfg.image_tokens, cfg.text_len, cfg.n_embd
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        if cfg.official and cfg.causal:
+            raise UserError("the official architecture is bidirectional (MAGVLT); ARGVLT uses magvlt's (official = false)")
         if cfg.official:  # Transformer1d + LMLayer (docs/official.md sections 2, 4, 6)
             self.tok_emb = nn.Embedding(cfg.image_vocab + cfg.text_vocab, d)
             self.spc_emb = nn.Embedding(len(OFFICIAL_SPECIALS), d)
@@ -279,17 +281,23 @@ class Transformer(nn.Module):
             cache.length += tokens.shape[1]
         return self.ln_f(x)
 
+    @property
+    def eos(self) -> int:
+        """The text id that pads official captions: <|endoftext|>, the last id of every magvlt text vocabulary."""
+        return self.cfg.text_vocab - 1
+
     def official(self, task: Task, image: torch.Tensor, image_masked: torch.Tensor, text: torch.Tensor,
-                 text_masked: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+                 text_masked: torch.Tensor, length: torch.Tensor, bog: torch.Tensor | None = None) -> torch.Tensor:
         """Block outputs [B, S, D] of the official layout of `task` (T2I or I2T) from image codes [B, N_I], raw text
-        ids [B, L] (EOS-padded), masked positions and caption lengths [B] (docs/official.md sections 4-5)."""
-        x = self.drop(self._official_embed(task, image, image_masked, text, text_masked))
+        ids [B, L] (EOS-padded), masked positions, caption lengths [B] and MixSel's BOG_* rows [B] in the <BOG>
+        slot (docs/official.md sections 4-5; None: <BOG>, as at sampling)."""
+        x = self.drop(self._official_embed(task, image, image_masked, text, text_masked, bog))
         attn = official_attention(task, length, self.cfg)
         for block in self.blocks:
             x = block(x, attn_mask=attn)
         return x
 
-    def _official_embed(self, task, image, image_masked, text, text_masked) -> torch.Tensor:
+    def _official_embed(self, task, image, image_masked, text, text_masked, bog) -> torch.Tensor:
         """Token rows + modality position rows (+ the special position row of a masked token's index), summed in
         the official order, around the four layout tokens (each + special position row 0..3)."""
         spc, pos_spc = self.spc_emb.weight, self.pos_spc.weight
@@ -297,9 +305,21 @@ class Transformer(nn.Module):
         txt = self._modality(self.tok_emb(text + self.cfg.image_vocab), self.pos_txt.weight, text_masked,
                              spc[SPC["MASK_TXT"]], pos_spc)
         order = ("BOC", "BOT", "BOG", "BOI") if task == Task.T2I else ("BOC", "BOI", "BOG", "BOT")
-        slots = (spc[[SPC[name] for name in order]] + pos_spc[:4]).expand(image.shape[0], 4, -1)
+        ids = torch.tensor([SPC[name] for name in order], device=image.device).expand(image.shape[0], 4)
+        if bog is not None:
+            ids = torch.cat([ids[:, :2], bog[:, None], ids[:, 3:]], dim=1)
+        slots = spc[ids] + pos_spc[:4]
         first, second = (txt, img) if task == Task.T2I else (img, txt)
         return torch.cat([slots[:, :2], first, slots[:, 2:], second], dim=1)
+
+    def official_length_logits(self, image: torch.Tensor, image_masked: torch.Tensor) -> torch.Tensor:
+        """sample_i2t's length query: EOS text, its first 16 positions masked and visible, I2T layout, <BOT> state."""
+        b, n_t = image.shape[0], self.cfg.text_len
+        n = torch.full((b,), min(LENGTH_QUERY, n_t), device=image.device)
+        text = torch.full((b, n_t), self.eos, device=image.device)
+        masked = torch.arange(n_t, device=image.device) < n[:, None]
+        h = self.official(Task.I2T, image, image_masked, text, masked, n)
+        return self.length_logits(h[:, official_segments(Task.I2T, self.cfg).bot]).float()
 
     @staticmethod
     def _modality(rows, pos, masked, mask_row, pos_spc) -> torch.Tensor:

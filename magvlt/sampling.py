@@ -25,8 +25,6 @@ from magvlt.masking import (
     uniform,
 )
 from magvlt.model import (
-    LENGTH_QUERY,
-    OFFICIAL_EOS,
     KVCache,
     Task,
     Transformer,
@@ -109,7 +107,7 @@ def _forward(model: Transformer, image: torch.Tensor, text: torch.Tensor, null: 
 
 def _official_forward(model: Transformer, image: TokenState, text: TokenState, length: torch.Tensor, task: Task):
     """The released model's layout of `task` (T2I for images, I2T for text): text EOS-padded past each length."""
-    tokens = torch.where(text_valid(length, text.tokens.shape[1]), text.tokens, OFFICIAL_EOS)
+    tokens = torch.where(text_valid(length, text.tokens.shape[1]), text.tokens, model.eos)
     h = model.official(task, image.tokens, image.masked, tokens, text.masked, length)
     return {"main": h}, official_segments(task, model.cfg)
 
@@ -222,20 +220,10 @@ def length_logits(model: Transformer, image: torch.Tensor) -> torch.Tensor:
     _check_magvlt(model)
     cfg = model.cfg
     if cfg.official:
-        return _official_length_logits(model, image)
+        return model.official_length_logits(image, torch.zeros_like(image, dtype=torch.bool))
     text = length_query_text(cfg, image.shape[0], image.device)
     tokens, position_ids, segs = magvlt_sequence(cfg, model.vocab.image(image), text)
     return model.length_logits(model(tokens, position_ids)[:, segs.bot]).float()
-
-
-def _official_length_logits(model: Transformer, image: torch.Tensor) -> torch.Tensor:
-    """sample_i2t's length query: EOS text, its first 16 positions masked and visible, I2T layout, <BOT> state."""
-    b, n_t = image.shape[0], model.cfg.text_len
-    n = min(LENGTH_QUERY, n_t)
-    text = torch.full((b, n_t), OFFICIAL_EOS, device=image.device)
-    h = model.official(Task.I2T, image, torch.zeros_like(image, dtype=torch.bool), text,
-                       text_valid(torch.full((b,), n, device=image.device), n_t), torch.full((b,), n, device=image.device))
-    return model.length_logits(h[:, official_segments(Task.I2T, model.cfg).bot]).float()
 
 
 def predict_lengths(model: Transformer, image: torch.Tensor, scheduler: MaskPredictScheduler,

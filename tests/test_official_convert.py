@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from magvlt import sampling
 from magvlt.cli import main
 from magvlt.masking import text_valid
-from magvlt.model import LENGTH_QUERY, OFFICIAL_EOS, Task, official_segments
+from magvlt.model import LENGTH_QUERY, Task, official_segments
 from magvlt.official.text import OfficialTokenizer
 from magvlt.pipeline import MAGVLTPipeline
 from magvlt.schedulers import get_preset
@@ -117,7 +117,7 @@ def test_greedy_i2t_captions(run, image_dir, tmp_path):
 def test_greedy_i2t_rows(pipe, out):
     result = sampling.generate_text(pipe.model, out["codes"], get_preset("official").greedy().text)
     assert torch.equal(result.length, out["greedy_i2t_lengths"])
-    rows = torch.where(text_valid(result.length, pipe.cfg.text_len), result.text, OFFICIAL_EOS)
+    rows = torch.where(text_valid(result.length, pipe.cfg.text_len), result.text, pipe.model.eos)
     assert torch.equal(rows, out["greedy_i2t_ids"])
 
 
