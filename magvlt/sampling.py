@@ -105,17 +105,33 @@ def _forward(model: Transformer, image: torch.Tensor, text: torch.Tensor, null: 
     return dict(zip(groups, h)), segs
 
 
-def _official_forward(model: Transformer, image: TokenState, text: TokenState, length: torch.Tensor, task: Task):
-    """The released model's layout of `task` (T2I for images, I2T for text): text EOS-padded past each length."""
+def _official_forward(model: Transformer, image: TokenState, text: TokenState, length: torch.Tensor, task: Task,
+                      null: str | None):
+    """The released model's layout of `task` (T2I when only the image is generated, else I2T, as IT2IT), text
+    EOS-padded past each length; the null condition of guidance is the empty caption (length 0) or the fully
+    masked image."""
     tokens = torch.where(text_valid(length, text.tokens.shape[1]), text.tokens, model.eos)
-    h = model.official(task, image.tokens, image.masked, tokens, text.masked, length)
-    return {"main": h}, official_segments(task, model.cfg)
+    groups = {"main": (image.tokens, image.masked, tokens, text.masked, length)}
+    if null == "text":
+        groups["uncond"] = (image.tokens, image.masked, tokens, text.masked, torch.zeros_like(length))
+    elif null == "image":
+        groups["uncond"] = (image.tokens, torch.ones_like(image.masked), tokens, text.masked, length)
+    h = model.official(task, *(torch.cat(parts) for parts in zip(*groups.values())))
+    return dict(zip(groups, h.view(len(groups), -1, *h.shape[1:]))), official_segments(task, model.cfg)
 
 
 def _logits(head, states: dict[str, torch.Tensor], seg: slice, masked: torch.Tensor, scale: float) -> torch.Tensor:
     """Logits [M, V] at the masked positions only, guided when an unconditional row was fed."""
     cond = head(states["main"][:, seg][masked])
     return guided(cond, head(states["uncond"][:, seg][masked]), scale) if "uncond" in states else cond
+
+
+def _length_logits(model: Transformer, states, segs, image: TokenState) -> torch.Tensor:
+    """The length re-predicted during joint generation: the length query's <BOT> output (the official query for the
+    official architecture, its own forward)."""
+    if model.cfg.official:
+        return model.official_length_logits(image.tokens, image.masked)
+    return model.length_logits(states["length"][:, segs.bot])
 
 
 def _resize_text(text: TokenState, length: torch.Tensor) -> TokenState:
@@ -153,12 +169,11 @@ def decode(model: Transformer, image: TokenState, text: TokenState, length: torc
         raise UserError("decode needs a scheduler per generated modality, with the same number of steps")
     null = None if len(schedulers) == 2 or guidance_scale <= 1 else ("text" if image_scheduler else "image")
     vocab, generator, steps = model.vocab, _rng(generator), schedulers[0].num_inference_steps
-    if model.cfg.official and (len(schedulers) == 2 or null is not None):
-        raise UserError("the released MAGVLT decodes one modality given the other, without guidance")
     history = []
     for t in range(steps):
         if model.cfg.official:
-            states, segs = _official_forward(model, image, text, length, Task.T2I if image_scheduler else Task.I2T)
+            task = Task.T2I if text_scheduler is None else Task.I2T
+            states, segs = _official_forward(model, image, text, length, task, null)
         else:
             states, segs = _forward(model, _image_ids(vocab, image), _text_ids(vocab, text, length), null,
                                     repredict_length)
@@ -169,7 +184,7 @@ def decode(model: Transformer, image: TokenState, text: TokenState, length: torc
             logits = _logits(model.text_logits, states, segs.text, text.masked, guidance_scale)
             text = text_scheduler.step(logits, t, text, generator)
             if repredict_length and t < steps - 1:
-                length = model.length_logits(states["length"][:, segs.bot]).argmax(dim=-1) + 1
+                length = _length_logits(model, states, segs, image).argmax(dim=-1) + 1
                 text = _resize_text(text, length)
         if trace or callback is not None:
             current = _to_sample(image, text, length)
