@@ -4,6 +4,12 @@ Every token lives in one id space so that any layout (MixSel selectors, ARGVLT's
 a sequence of ids: image codes [0, V_I), text tokens [V_I, V_I + V_T), then the special tokens.
 Positions likewise: image positions [0, N_I), text positions [N_I, N_I + L), then special slots.
 The model returns hidden states; heads are applied only where a caller needs logits.
+
+With ModelConfig.official the same class is the released architecture (docs/official.md sections 4-6, 13): its
+own special-token and special-position tables, the layouts [BOC BOT text BOG BOI image] (T2I, inpainting) and
+[BOC BOI image BOG BOT text] (I2T, IT2IT, the length query) with per-sample boolean attention masks, no final norm,
+the LMLayer head and a bias-free length head; `Transformer.official` runs it. Callers keep unified ids
+(`magvlt.objectives.official_inputs` translates them) and hidden states work as above.
 """
 from __future__ import annotations
 

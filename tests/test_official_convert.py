@@ -159,3 +159,10 @@ def test_taming_vq_replaces_the_one_inside(tmp_path):
     assert main(["convert", "official", str(FIX / "magvlt.ckpt"), "--out", str(tmp_path / "run"), "--heads", "2",
                  "--vq", str(FIX / "vqgan.ckpt")]) == 0
     assert MAGVLTPipeline.from_pretrained(tmp_path / "run").vq.cfg.n_embed == 1024
+
+
+def test_long_prompts_are_truncated_as_the_official_code_does(pipe):
+    prompt = "a dog and a cat " * 30
+    ids, lengths = pipe.encode_text([prompt])
+    expected_ids, expected_lengths = OfficialTokenizer().encode([prompt])
+    assert torch.equal(ids, expected_ids) and lengths.tolist() == expected_lengths.tolist() == [64]

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from tokenizers import CharBPETokenizer
 
-from magvlt.errors import UserError
 from magvlt.checkpoint import atomic_write_text
+from magvlt.errors import UserError
 from magvlt.text import BYTE_ENCODER, CLIP_MERGES, EOT, SAVE_FILE, SOT, WORD_END, clip_vocab_path
 
 CONTEXT = 64
@@ -46,7 +46,7 @@ class OfficialTokenizer:
         vocab, merges = clip_bpe_tables()
         self.eos = self.eot_id = vocab[EOT]
         self.vocab_size, self.length = len(vocab), length
-        self.max_tokens = length - 1  # the caption and one EOS; longer texts are truncated, as the official code does
+        self.max_tokens = length  # longer texts are truncated to `length` ids (no EOS), as the official code does
         self.bpe = CharBPETokenizer(vocab, merges, unk_token="[UNK]", lowercase=True)
         self.bpe.enable_padding(length=length, pad_id=self.eos)
         self.bpe.enable_truncation(max_length=length)
