@@ -48,7 +48,7 @@ def main() -> None:
             cfg.model.official = args.official
             return cfg
 
-        steps = calibrate_steps(config(1), prep.tokens, demo.minutes, tmp / "calibration")
+        steps = calibrate_steps(config(1), prep.tokens, demo.minutes)
         start = time.perf_counter()
         run = train(config(steps), prep.tokens, tmp / "run", progress=True)
         seconds = time.perf_counter() - start
