@@ -6,7 +6,7 @@ if missing), tokenizes the `val` split, trains the tiny preset (8:1:1 tasks, Unr
 masks drawn as in training. "majority" is always guessing the most common target token, the real chance
 level (most image tokens are background).
 
-    python benchmarks/shapes_learning.py --seconds 60 [--demo runs/demo] [--threads 2]
+    python benchmarks/shapes_learning.py --seconds 60 [--demo runs/demo] [--threads 2] [--arch magvlt]
 """
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--demo", type=Path, default=Path("runs/demo"), help="the demo's output folder (its cache)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--n-eval", type=int, default=500)
+    parser.add_argument("--arch", choices=("official", "magvlt"), default="official",
+                        help="the released architecture (the presets') or magvlt's former one (ModelConfig.official)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -42,16 +44,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         held = tokenize(*load_pairs(prep.data / "val"), prep.text, prep.vq, tmp / "val", progress=False)
-        steps = calibrate_steps(demo_train_config(demo, 1), prep.tokens, demo.minutes, tmp / "calibration")
+        def config(steps: int) -> TrainConfig:
+            cfg = demo_train_config(demo, steps)
+            cfg.model.official = args.arch == "official"
+            return cfg
+
+        steps = calibrate_steps(config(1), prep.tokens, demo.minutes)
         start = time.perf_counter()
-        run = train(demo_train_config(demo, steps), prep.tokens, tmp / "run", progress=True)
+        run = train(config(steps), prep.tokens, tmp / "run", progress=True)
         seconds = time.perf_counter() - start
         model = Transformer(load_json(TrainConfig, run / "config.json").model)
         model.load_state_dict(load_weights(run / "model.safetensors"))
         rows, _ = TokenizedDataset(held).rows(np.arange(len(TokenizedDataset(held))))
         batches = [{k: v[i : i + 100] for k, v in rows.items()} for i in range(0, len(rows["image"]), 100)]
         acc = evaluate_masked_accuracy(model, batches)
-    print(json.dumps({"steps": steps, "train_seconds": round(seconds, 1), "threads": args.threads, **acc}, indent=2))
+    print(json.dumps({"arch": args.arch, "steps": steps, "train_seconds": round(seconds, 1), "threads": args.threads, **acc}, indent=2))
     print("\n| task / modality | held-out masked accuracy | chance (majority token) |\n|---|---:|---:|")
     for key in ("t2i/image", "i2t/text", "it2it/image", "it2it/text"):
         print(f"| {key} | {100 * acc[key]:.1f}% | {100 * acc[key + '/majority']:.1f}% |")

@@ -26,6 +26,7 @@ class ModelConfig:
     attn_dropout: float = 0.1
     causal: bool = False  # True: ARGVLT
     tie_embeddings: bool = True  # output heads share the input embedding table
+    official: bool = False  # the released code's architecture and layouts (docs/official.md sections 4-6)
 
     @property
     def image_tokens(self) -> int:
@@ -108,17 +109,18 @@ class TrainConfig:
 
 
 MODEL_PRESETS: dict[str, ModelConfig] = {
+    # every MAGVLT preset is the released architecture (docs/official.md section 13); ARGVLT keeps magvlt's causal one
     # minutes-long CPU runs underfit, and dropout costs ~20% of a CPU step, so the CPU preset skips it
-    "tiny": ModelConfig(n_layer=4, n_head=4, n_embd=256, dropout=0.0, attn_dropout=0.0),
-    "small": ModelConfig(n_layer=8, n_head=8, n_embd=512),
-    "mid": ModelConfig(n_layer=12, n_head=12, n_embd=768, image_vocab=16384, image_grid=(16, 16)),
-    "base": ModelConfig(n_layer=24, n_head=8, n_embd=1024, image_vocab=16384, image_grid=(16, 16)),
-    "large": ModelConfig(n_layer=36, n_head=10, n_embd=1280, image_vocab=16384, image_grid=(16, 16)),
+    "tiny": ModelConfig(n_layer=4, n_head=4, n_embd=256, dropout=0.0, attn_dropout=0.0, official=True),
+    "small": ModelConfig(n_layer=8, n_head=8, n_embd=512, official=True),
+    "mid": ModelConfig(n_layer=12, n_head=12, n_embd=768, image_vocab=16384, image_grid=(16, 16), official=True),
+    "base": ModelConfig(n_layer=24, n_head=8, n_embd=1024, image_vocab=16384, image_grid=(16, 16), official=True),
+    "large": ModelConfig(n_layer=36, n_head=10, n_embd=1280, image_vocab=16384, image_grid=(16, 16), official=True),
 }
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(model=MODEL_PRESETS["tiny"]),
-    "tiny-ar": TrainConfig(model=dataclasses.replace(MODEL_PRESETS["tiny"], causal=True)),
+    "tiny-ar": TrainConfig(model=dataclasses.replace(MODEL_PRESETS["tiny"], causal=True, official=False)),
     "small": TrainConfig(model=MODEL_PRESETS["small"], batch_size=128, lr=6e-4),
     "base": TrainConfig(model=MODEL_PRESETS["base"], batch_size=4096, steps=40000, lr=4.5e-4, warmup_steps=2000, fsdp=True),
     "large": TrainConfig(model=MODEL_PRESETS["large"], batch_size=4096, steps=40000, lr=3e-4, warmup_steps=2000, fsdp=True),

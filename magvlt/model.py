@@ -4,6 +4,12 @@ Every token lives in one id space so that any layout (MixSel selectors, ARGVLT's
 a sequence of ids: image codes [0, V_I), text tokens [V_I, V_I + V_T), then the special tokens.
 Positions likewise: image positions [0, N_I), text positions [N_I, N_I + L), then special slots.
 The model returns hidden states; heads are applied only where a caller needs logits.
+
+With ModelConfig.official the same class is the released architecture (docs/official.md sections 4-6, 13): its
+own special-token and special-position tables, the layouts [BOC BOT text BOG BOI image] (T2I, inpainting) and
+[BOC BOI image BOG BOT text] (I2T, IT2IT, the length query) with per-sample boolean attention masks, no final norm,
+the LMLayer head and a bias-free length head; `Transformer.official` runs it. Callers keep unified ids
+(`magvlt.objectives.official_inputs` translates them) and hidden states work as above.
 """
 from __future__ import annotations
 
@@ -18,9 +24,14 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from magvlt.config import ModelConfig
+from magvlt.errors import UserError
 
 SPECIAL_TOKENS = ("<BOI>", "<BOT>", "<MASK>", "<LEFT>", "<RIGHT>", "<TOP>", "<BOTTOM>", "<SEP>", "<PAD>")
 SLOTS = ("<BOI>", "<BOT>", "<SEL>")  # position slots of special tokens
+# the released model's special-token table (docs/official.md section 4), in its row order
+OFFICIAL_SPECIALS = ("BOI", "BOT", "BOC", "BOG", "MASK_IMG", "MASK_TXT", "BOG_LEFT", "BOG_RIGHT", "BOG_TOP", "BOG_BOTTOM")
+SPC = {name: i for i, name in enumerate(OFFICIAL_SPECIALS)}
+LENGTH_QUERY = 16  # the official length query masks (and shows) the first 16 text positions (sampling_i2t.py)
 
 
 class Task(enum.StrEnum):
@@ -139,6 +150,12 @@ def _attention_backend(q: torch.Tensor):
     return contextlib.nullcontext()
 
 
+def _official_attention(q, k, v, attn_mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q (k^T / sqrt(d)) masked) v with the official order: k scaled by the float64 reciprocal first."""
+    scores = q @ (k.transpose(-2, -1) * (1.0 / math.sqrt(q.shape[-1])))
+    return scores.masked_fill(~attn_mask[:, None], float("-inf")).softmax(dim=-1) @ v
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -148,9 +165,12 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
+        if attn_mask is not None:
+            return self.resid_drop(self.proj(_official_attention(q, k, v, attn_mask).transpose(1, 2).reshape(b, t, d)))
         mask, is_causal = None, self.causal
         if cache is not None:
             start = cache.length
@@ -187,26 +207,65 @@ class Block(nn.Module):
         self.ln1, self.attn = nn.LayerNorm(cfg.n_embd), SelfAttention(cfg)
         self.ln2, self.mlp = nn.LayerNorm(cfg.n_embd), MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), cache, layer)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache, layer, attn_mask)
         return x + self.mlp(self.ln2(x))
 
 
+def official_attention(task: Task, n: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """Boolean [B, S, S] masks of the official layouts (docs/official.md section 5) for caption lengths n [B].
+
+    T2I hides text rows and columns at or past n; I2T hides those columns from every row and all text from <BOT>;
+    a row that may see nothing attends to itself (MultiHeadSelfAttention.forward).
+    """
+    n_i, n_t = cfg.image_tokens, cfg.text_len
+    size, pos = n_i + n_t + 4, torch.arange(n_i + n_t + 4, device=n.device)
+    first = 2 if task == Task.T2I else n_i + 4  # the first text position
+    hidden = (pos >= first + n[:, None]) & (pos < first + n_t)  # [B, S]
+    if task == Task.T2I:
+        attn = ~(hidden[:, :, None] | hidden[:, None, :])
+    else:
+        attn = ~hidden[:, None, :].expand(-1, size, -1).clone()
+        attn[:, n_i + 3, first:] = False
+    return attn | torch.diag_embed(~attn.any(dim=-1))
+
+
+def official_segments(task: Task, cfg: ModelConfig) -> Segments:
+    """[BOC BOT text BOG BOI image] for T2I and inpainting, [BOC BOI image BOG BOT text] otherwise (section 4)."""
+    n_i, n_t = cfg.image_tokens, cfg.text_len
+    if task == Task.T2I:
+        return Segments(image=slice(n_t + 4, n_t + 4 + n_i), text=slice(2, 2 + n_t), bot=1)
+    return Segments(image=slice(2, 2 + n_i), text=slice(n_i + 4, n_i + 4 + n_t), bot=n_i + 3)
+
+
 class Transformer(nn.Module):
-    """MAGVLT when cfg.causal is False, ARGVLT when True (Sec. 3.1, 4.1)."""
+    """MAGVLT when cfg.causal is False, ARGVLT when True (Sec. 3.1, 4.1); the released architecture when cfg.official."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg, self.vocab = cfg, Vocab.of(cfg)
-        self.tok_emb = nn.Embedding(self.vocab.size, cfg.n_embd)
-        self.pos_emb = nn.Embedding(cfg.image_tokens + cfg.text_len + len(SLOTS), cfg.n_embd)
+        n_i, n_t, d = cfg.image_tokens, cfg.text_len, cfg.n_embd
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd)
-        if not cfg.tie_embeddings:
-            self.image_head = nn.Linear(cfg.n_embd, cfg.image_vocab, bias=False)
-            self.text_head = nn.Linear(cfg.n_embd, cfg.text_vocab, bias=False)
-        self.length_head = nn.Linear(cfg.n_embd, cfg.text_len)  # class k means length k + 1
+        if cfg.official and cfg.causal:
+            raise UserError("the official architecture is bidirectional (MAGVLT); ARGVLT uses magvlt's (official = false)")
+        if cfg.official:  # Transformer1d + LMLayer (docs/official.md sections 2, 4, 6)
+            self.tok_emb = nn.Embedding(cfg.image_vocab + cfg.text_vocab, d)
+            self.spc_emb = nn.Embedding(len(OFFICIAL_SPECIALS), d)
+            self.pos_img, self.pos_txt = nn.Embedding(n_i, d), nn.Embedding(n_t, d)
+            self.pos_spc = nn.Embedding(n_i + n_t + 4, d)
+            self.ln_f = nn.Identity()
+            self.head_fc, self.head_ln = nn.Linear(d, d), nn.LayerNorm(d)
+            self.output_bias = nn.Parameter(torch.zeros(cfg.image_vocab + cfg.text_vocab))
+        else:
+            self.tok_emb = nn.Embedding(self.vocab.size, d)
+            self.pos_emb = nn.Embedding(n_i + n_t + len(SLOTS), d)
+            self.ln_f = nn.LayerNorm(d)
+            if not cfg.tie_embeddings:
+                self.image_head = nn.Linear(d, cfg.image_vocab, bias=False)
+                self.text_head = nn.Linear(d, cfg.text_vocab, bias=False)
+        self.length_head = nn.Linear(d, n_t, bias=not cfg.official)  # class k means length k + 1
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
             if name.endswith("proj.weight"):
@@ -228,12 +287,67 @@ class Transformer(nn.Module):
             cache.length += tokens.shape[1]
         return self.ln_f(x)
 
+    @property
+    def eos(self) -> int:
+        """The text id that pads official captions: <|endoftext|>, the last id of every magvlt text vocabulary."""
+        return self.cfg.text_vocab - 1
+
+    def official(self, task: Task, image: torch.Tensor, image_masked: torch.Tensor, text: torch.Tensor,
+                 text_masked: torch.Tensor, length: torch.Tensor, bog: torch.Tensor | None = None) -> torch.Tensor:
+        """Block outputs [B, S, D] of the official layout of `task` (T2I or I2T) from image codes [B, N_I], raw text
+        ids [B, L] (EOS-padded), masked positions, caption lengths [B] and MixSel's BOG_* rows [B] in the <BOG>
+        slot (docs/official.md sections 4-5; None: <BOG>, as at sampling)."""
+        x = self.drop(self._official_embed(task, image, image_masked, text, text_masked, bog))
+        attn = official_attention(task, length, self.cfg)
+        for block in self.blocks:
+            x = block(x, attn_mask=attn)
+        return x
+
+    def _official_embed(self, task, image, image_masked, text, text_masked, bog) -> torch.Tensor:
+        """Token rows + modality position rows (+ the special position row of a masked token's index), summed in
+        the official order, around the four layout tokens (each + special position row 0..3)."""
+        spc, pos_spc = self.spc_emb.weight, self.pos_spc.weight
+        img = self._modality(self.tok_emb(image), self.pos_img.weight, image_masked, spc[SPC["MASK_IMG"]], pos_spc)
+        txt = self._modality(self.tok_emb(text + self.cfg.image_vocab), self.pos_txt.weight, text_masked,
+                             spc[SPC["MASK_TXT"]], pos_spc)
+        order = ("BOC", "BOT", "BOG", "BOI") if task == Task.T2I else ("BOC", "BOI", "BOG", "BOT")
+        ids = torch.tensor([SPC[name] for name in order], device=image.device).expand(image.shape[0], 4)
+        if bog is not None:
+            ids = torch.cat([ids[:, :2], bog[:, None], ids[:, 3:]], dim=1)
+        slots = spc[ids] + pos_spc[:4]
+        first, second = (txt, img) if task == Task.T2I else (img, txt)
+        return torch.cat([slots[:, :2], first, slots[:, 2:], second], dim=1)
+
+    def official_length_logits(self, image: torch.Tensor, image_masked: torch.Tensor) -> torch.Tensor:
+        """sample_i2t's length query: EOS text, its first 16 positions masked and visible, I2T layout, <BOT> state."""
+        b, n_t = image.shape[0], self.cfg.text_len
+        n = torch.full((b,), min(LENGTH_QUERY, n_t), device=image.device)
+        text = torch.full((b, n_t), self.eos, device=image.device)
+        masked = torch.arange(n_t, device=image.device) < n[:, None]
+        h = self.official(Task.I2T, image, image_masked, text, masked, n)
+        return self.length_logits(h[:, official_segments(Task.I2T, self.cfg).bot]).float()
+
+    @staticmethod
+    def _modality(rows, pos, masked, mask_row, pos_spc) -> torch.Tensor:
+        n = rows.shape[1]
+        x = torch.where(masked[..., None], mask_row, rows) + pos[:n]
+        return torch.where(masked[..., None], x + pos_spc[:n], x)
+
+    def _official_logits(self, h: torch.Tensor, ids: slice) -> torch.Tensor:
+        """LMLayer: LayerNorm(GELU(Linear(h))) @ tok_emb.T + output_bias, over the ids of one modality."""
+        h = self.head_ln(F.gelu(self.head_fc(h)))
+        return h @ self.tok_emb.weight[ids].t() + self.output_bias[ids]
+
     def image_logits(self, h: torch.Tensor) -> torch.Tensor:
+        if self.cfg.official:
+            return self._official_logits(h, slice(0, self.cfg.image_vocab))
         if self.cfg.tie_embeddings:
             return h @ self.tok_emb.weight[: self.cfg.image_vocab].t()
         return self.image_head(h)
 
     def text_logits(self, h: torch.Tensor) -> torch.Tensor:
+        if self.cfg.official:
+            return self._official_logits(h, slice(self.cfg.image_vocab, self.cfg.image_vocab + self.cfg.text_vocab))
         if self.cfg.tie_embeddings:
             return h @ self.tok_emb.weight[self.vocab.text_offset : self.vocab.special_offset].t()
         return self.text_head(h)

@@ -35,7 +35,7 @@ from magvlt.masking import (
     unconditional_text,
     uniform,
 )
-from magvlt.model import Task, Transformer, Vocab, argvlt_sequence, magvlt_sequence
+from magvlt.model import SPC, Task, Transformer, Vocab, argvlt_sequence, magvlt_sequence, official_segments
 
 TASKS = tuple(Task)  # the order of ObjectiveConfig.task_weights
 MIX_MODES = ("mixsel", "mixrandom", "off")
@@ -70,6 +70,7 @@ class Example:
     text_target: torch.Tensor  # [B, L] raw text ids
     length: torch.Tensor  # [B] text lengths (counting sot and eot)
     r: torch.Tensor  # [B] float64: the step ratio the masks were drawn at
+    task: Task  # the layout of an official-architecture model: T2I text first, I2T and IT2IT image first
     selector: torch.Tensor | None = None  # [B] MixSel selector token ids
 
 
@@ -91,7 +92,7 @@ def mask_task(task: Task, vocab: Vocab, image: torch.Tensor, text: torch.Tensor,
         image=vocab.image(image).masked_fill(image_mask, vocab.MASK),
         text=text_input(vocab, text, length).masked_fill(text_mask, vocab.MASK),
         image_mask=image_mask, text_mask=text_mask, image_target=image, text_target=text,
-        length=length, r=r, selector=selector,
+        length=length, r=r, task=task, selector=selector,
     )
 
 
@@ -137,10 +138,33 @@ class Prediction:
     metrics: dict[str, torch.Tensor]
 
 
+def official_inputs(model: Transformer, image: torch.Tensor, text: torch.Tensor, selector: torch.Tensor | None = None):
+    """Unified ids as the official architecture reads them (docs/official.md section 4): (codes, image masked, text
+    ids, text masked, caption lengths, BOG_* rows). <PAD> ends a caption (the null caption has length 0), <SEP>
+    between MixSel's joined captions is <|endoftext|>, a selector takes the <BOG> slot."""
+    vocab = model.vocab
+    image_masked, text_masked = image == vocab.MASK, text == vocab.MASK
+    raw = torch.where(text == vocab.SEP, model.eos, text - vocab.text_offset)
+    raw = torch.where(text_masked | (text == vocab.PAD), model.eos, raw)
+    bog = None
+    if selector is not None:
+        sides = torch.tensor([vocab.LEFT, vocab.RIGHT, vocab.TOP, vocab.BOTTOM], device=selector.device)
+        bog = SPC["BOG_LEFT"] + (selector[:, None] == sides).int().argmax(dim=1)
+    return image.masked_fill(image_masked, 0), image_masked, raw, text_masked, (text != vocab.PAD).sum(dim=1), bog
+
+
+def _hidden(model: Transformer, ex: Example):
+    """Hidden states and segments of an example, in the model's layout."""
+    if model.cfg.official:
+        layout = Task.T2I if ex.task == Task.T2I else Task.I2T
+        return model.official(layout, *official_inputs(model, ex.image, ex.text, ex.selector)), official_segments(layout, model.cfg)
+    tokens, position_ids, segs = magvlt_sequence(model.cfg, ex.image, ex.text, ex.selector)
+    return model(tokens, position_ids), segs
+
+
 def predict_masked(model: Transformer, ex: Example, label_smoothing: float) -> Prediction:
     """One forward, logits only at the predicted positions; the sum of the per-modality mean cross-entropies."""
-    tokens, position_ids, segs = magvlt_sequence(model.cfg, ex.image, ex.text, ex.selector)
-    h = model(tokens, position_ids)
+    h, segs = _hidden(model, ex)
     image_logits = model.image_logits(h[:, segs.image][ex.image_mask])
     text_logits = model.text_logits(h[:, segs.text][ex.text_mask])
     image_target, text_target = ex.image_target[ex.image_mask], ex.text_target[ex.text_mask]
@@ -162,9 +186,12 @@ def length_loss(model: Transformer, image: torch.Tensor, length: torch.Tensor) -
     exactly what the sampler feeds before it knows the length: with the real padding visible the length
     would be given away, so this is its own forward rather than the main one's <BOT> output.
     """
-    text = length_query_text(model.cfg, image.shape[0], image.device)
-    tokens, position_ids, segs = magvlt_sequence(model.cfg, image, text)
-    logits = model.length_logits(model(tokens, position_ids)[:, segs.bot]).float()
+    if model.cfg.official:  # the official length query (docs/official.md section 6)
+        logits = model.official_length_logits(image.masked_fill(image == model.vocab.MASK, 0), image == model.vocab.MASK)
+    else:
+        text = length_query_text(model.cfg, image.shape[0], image.device)
+        tokens, position_ids, segs = magvlt_sequence(model.cfg, image, text)
+        logits = model.length_logits(model(tokens, position_ids)[:, segs.bot]).float()
     return F.cross_entropy(logits, length - 1), _accuracy(logits, length - 1)
 
 

@@ -31,6 +31,8 @@ from magvlt.errors import UserError
 from magvlt.images import as_list, as_pil, blend, fit_image, mask_tokens
 from magvlt.masking import Generators
 from magvlt.model import Transformer
+from magvlt.official.text import OfficialTokenizer
+from magvlt.official.vq import official_input, official_uint8
 from magvlt.rerank import Scorer, best_of, load_scorer
 from magvlt.schedulers import Preset, get_preset
 
@@ -101,6 +103,8 @@ class MAGVLTPipeline:
         self.preset = preset or get_preset("default")
         self.guidance_trained = guidance_trained  # trained with condition dropout, so guidance has a null condition
         self.image_size = (self.cfg.image_grid[0] * vq.factor, self.cfg.image_grid[1] * vq.factor)
+        # a run converted from the released weights: the official scripts' pixel conversions, unblended inpainting
+        self.released = isinstance(tokenizer, OfficialTokenizer)
 
     @classmethod
     def from_pretrained(cls, run_dir: str | Path, *, scorer: str | Path | Scorer | None = None) -> MAGVLTPipeline:
@@ -149,7 +153,7 @@ class MAGVLTPipeline:
 
     def encode_text(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions -> (ids [B, L], lengths [B]) on the model's device; empty or too long -> UserError."""
-        limit = self.tokenizer.length - 2
+        limit = self.tokenizer.max_tokens
         for n, text in enumerate(captions):
             count = len(self.tokenizer.bpe_ids(text)) if isinstance(text, str) and text.strip() else 0
             if count == 0:
@@ -164,11 +168,15 @@ class MAGVLTPipeline:
         if not images:
             raise UserError("no images given")
         pixels = np.stack([fit_image(im, self.image_size) for im in images])
-        return pixels, self.vq.encode(pixels).flatten(1).to(self.device)
+        x = official_input(pixels) if self.released else pixels
+        return pixels, self.vq.encode(x).flatten(1).to(self.device)
 
     def decode_images(self, sample: sampling.Sample) -> np.ndarray:
         """uint8 [B, H, W, 3]; still-masked tokens are drawn grey (refinement frames)."""
-        pixels = self.vq.decode(sample.image, self.cfg.image_grid).cpu().numpy()
+        if self.released:  # sample_t2i's truncating conversion
+            pixels = official_uint8(self.vq.decode_float(sample.image, self.cfg.image_grid)).cpu().numpy()
+        else:
+            pixels = self.vq.decode(sample.image, self.cfg.image_grid).cpu().numpy()
         if sample.image_masked.any():
             f = self.vq.factor
             cells = sample.image_masked.view(-1, *self.cfg.image_grid).cpu().numpy()
@@ -370,7 +378,10 @@ class MAGVLTPipeline:
                                callback=self._callback(callback_on_step_end, slice(0, len(images))))
         out, generated, _ = self._best(out, k, self.decode_images(out), [p for p in prompts for _ in range(k)])
         grid = self.cfg.image_grid
-        results = [Image.fromarray(blend(p, g, m, grid)) for p, g, m in zip(pixels, generated, masks)]
+        if self.released:  # sample_it2i returns the decoded code grid, unblended
+            results = [Image.fromarray(g) for g in generated]
+        else:
+            results = [Image.fromarray(blend(p, g, m, grid)) for p, g, m in zip(pixels, generated, masks)]
         return ImagePipelineOutput(results, self._image_frames(out) if output_intermediates else None)
 
     @staticmethod

@@ -24,7 +24,15 @@ from magvlt.masking import (
     unconditional_text,
     uniform,
 )
-from magvlt.model import KVCache, Task, Transformer, Vocab, argvlt_sequence, magvlt_sequence
+from magvlt.model import (
+    KVCache,
+    Task,
+    Transformer,
+    Vocab,
+    argvlt_sequence,
+    magvlt_sequence,
+    official_segments,
+)
 from magvlt.schedulers import MaskGITScheduler, MaskPredictScheduler, TokenState, filter_logits
 
 
@@ -97,10 +105,33 @@ def _forward(model: Transformer, image: torch.Tensor, text: torch.Tensor, null: 
     return dict(zip(groups, h)), segs
 
 
+def _official_forward(model: Transformer, image: TokenState, text: TokenState, length: torch.Tensor, task: Task,
+                      null: str | None):
+    """The released model's layout of `task` (T2I when only the image is generated, else I2T, as IT2IT), text
+    EOS-padded past each length; the null condition of guidance is the empty caption (length 0) or the fully
+    masked image."""
+    tokens = torch.where(text_valid(length, text.tokens.shape[1]), text.tokens, model.eos)
+    groups = {"main": (image.tokens, image.masked, tokens, text.masked, length)}
+    if null == "text":
+        groups["uncond"] = (image.tokens, image.masked, tokens, text.masked, torch.zeros_like(length))
+    elif null == "image":
+        groups["uncond"] = (image.tokens, torch.ones_like(image.masked), tokens, text.masked, length)
+    h = model.official(task, *(torch.cat(parts) for parts in zip(*groups.values())))
+    return dict(zip(groups, h.view(len(groups), -1, *h.shape[1:]))), official_segments(task, model.cfg)
+
+
 def _logits(head, states: dict[str, torch.Tensor], seg: slice, masked: torch.Tensor, scale: float) -> torch.Tensor:
     """Logits [M, V] at the masked positions only, guided when an unconditional row was fed."""
     cond = head(states["main"][:, seg][masked])
     return guided(cond, head(states["uncond"][:, seg][masked]), scale) if "uncond" in states else cond
+
+
+def _length_logits(model: Transformer, states, segs, image: TokenState) -> torch.Tensor:
+    """The length re-predicted during joint generation: the length query's <BOT> output (the official query for the
+    official architecture, its own forward)."""
+    if model.cfg.official:
+        return model.official_length_logits(image.tokens, image.masked)
+    return model.length_logits(states["length"][:, segs.bot])
 
 
 def _resize_text(text: TokenState, length: torch.Tensor) -> TokenState:
@@ -140,7 +171,12 @@ def decode(model: Transformer, image: TokenState, text: TokenState, length: torc
     vocab, generator, steps = model.vocab, _rng(generator), schedulers[0].num_inference_steps
     history = []
     for t in range(steps):
-        states, segs = _forward(model, _image_ids(vocab, image), _text_ids(vocab, text, length), null, repredict_length)
+        if model.cfg.official:
+            task = Task.T2I if text_scheduler is None else Task.I2T
+            states, segs = _official_forward(model, image, text, length, task, null)
+        else:
+            states, segs = _forward(model, _image_ids(vocab, image), _text_ids(vocab, text, length), null,
+                                    repredict_length)
         if image_scheduler is not None:
             logits = _logits(model.image_logits, states, segs.image, image.masked, guidance_scale)
             image = image_scheduler.step(logits, t, image, generator)
@@ -148,7 +184,7 @@ def decode(model: Transformer, image: TokenState, text: TokenState, length: torc
             logits = _logits(model.text_logits, states, segs.text, text.masked, guidance_scale)
             text = text_scheduler.step(logits, t, text, generator)
             if repredict_length and t < steps - 1:
-                length = model.length_logits(states["length"][:, segs.bot]).argmax(dim=-1) + 1
+                length = _length_logits(model, states, segs, image).argmax(dim=-1) + 1
                 text = _resize_text(text, length)
         if trace or callback is not None:
             current = _to_sample(image, text, length)
@@ -198,6 +234,8 @@ def length_logits(model: Transformer, image: torch.Tensor) -> torch.Tensor:
     """Logits [B, L] over text lengths 1..L at <BOT>, the text fed all <MASK> as in training (Sec. 3.2)."""
     _check_magvlt(model)
     cfg = model.cfg
+    if cfg.official:
+        return model.official_length_logits(image, torch.zeros_like(image, dtype=torch.bool))
     text = length_query_text(cfg, image.shape[0], image.device)
     tokens, position_ids, segs = magvlt_sequence(cfg, model.vocab.image(image), text)
     return model.length_logits(model(tokens, position_ids)[:, segs.bot]).float()
@@ -210,6 +248,8 @@ def predict_lengths(model: Transformer, image: torch.Tensor, scheduler: MaskPred
     if scheduler.length_temperature > 0:
         u = uniform((image.shape[0],), _rng(generator), image.device)
         return sample_tokens(logits / scheduler.length_temperature, u)[0].unsqueeze(1) + 1
+    if scheduler.length_beam == 1:  # argmax of the softmax, ties to the shortest (as the official code)
+        return logits.softmax(dim=-1).argmax(dim=-1, keepdim=True) + 1
     return logits.topk(min(scheduler.length_beam, model.cfg.text_len), dim=-1).indices + 1
 
 

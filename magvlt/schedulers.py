@@ -20,6 +20,7 @@ from magvlt.errors import UserError
 from magvlt.masking import SCHEDULES, Generators, gumbel, lowest_scores, masked_count, sample_tokens, uniform
 
 CONFIDENCES = ("model", "tempered")
+RULES = ("magvlt", "official")
 REMASKS = ("lowest", "sample")
 ROUNDINGS = ("ceil", "floor")
 
@@ -71,8 +72,11 @@ class _Scheduler:
     min_probability: float = 0.0  # probabilities below it count as it in the confidence
     min_tokens_per_step: int = 0  # images: at least this many tokens fixed a step; text: re-predicted
     greedy: bool = False  # argmax tokens and deterministic re-masking; the rest of the rule unchanged
+    rule: str = "magvlt"  # "official": the released code's float32 counts, per-row ranking and ties (docs/official.md)
 
     def __post_init__(self):
+        if self.rule not in RULES:
+            raise UserError(f"rule must be one of {RULES}, got {self.rule!r}")
         if self.num_inference_steps < 1:
             raise UserError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if self.schedule not in SCHEDULES:
@@ -86,9 +90,12 @@ class _Scheduler:
         """The mask ratio after step `timestep` (0-based) of T: g((t + 1) / T) (Sec. 3.2)."""
         return SCHEDULES[self.schedule](torch.tensor((timestep + 1) / self.num_inference_steps, dtype=torch.float64))
 
+    def temperature_at(self, timestep: int) -> float:
+        return _anneal(self.temperature, self.temperature_end, self.num_inference_steps)[timestep]
+
     def draw(self, logits: torch.Tensor, timestep: int, masked: torch.Tensor, generator: Generators):
         """Tokens [M] for the masked positions (logits [M, V] in row-major order) and their confidence log-probs."""
-        temperature = _anneal(self.temperature, self.temperature_end, self.num_inference_steps)[timestep]
+        temperature = self.temperature_at(timestep)
         logits = logits.float()
         tempered = filter_logits(logits / temperature, self.top_k, self.top_p) if temperature > 0 else logits
         if self.greedy or temperature == 0:
@@ -100,6 +107,11 @@ class _Scheduler:
         if self.min_probability > 0:
             logp = logp.clamp(min=math.log(self.min_probability))
         return tokens, logp
+
+
+def _rows(positions: torch.Tensor):
+    """For each row, its True positions in increasing order (the vectors the official code ranks)."""
+    return [row.nonzero().squeeze(1) for row in positions]
 
 
 def _scatter(masked: torch.Tensor, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -122,6 +134,8 @@ class MaskGITScheduler(_Scheduler):
 
     def step(self, logits: torch.Tensor, timestep: int, sample: TokenState, generator: Generators) -> TokenState:
         """One MaskGIT step from the logits [M, V] at sample.masked (row-major)."""
+        if self.rule == "official":
+            return self._official_step(logits, timestep, sample, generator)
         masked = sample.masked
         tokens, logp = self.draw(logits, timestep, masked, generator)
         tokens, logp = _scatter(masked, tokens, sample.tokens), _scatter(masked, logp, sample.logp)
@@ -133,6 +147,40 @@ class MaskGITScheduler(_Scheduler):
         remask = lowest_scores(confidence.masked_fill(~masked, float("inf")), keep)  # fixed tokens stay fixed
         return TokenState(torch.where(masked, tokens, sample.tokens), remask, sample.span,
                           torch.where(masked & ~remask, logp, sample.logp))
+
+    def official_count(self, timestep: int, sample: TokenState) -> int:
+        """sample_t2i's count of tokens fixed this step, from sample 0 in float32 (docs/official.md sections 7, 9)."""
+        steps = self.num_inference_steps
+        r = torch.tensor(np.linspace(0, 1, steps + 1)[1:][timestep], dtype=torch.float32)
+        total, n_prev = int(sample.span[0].sum()), int(sample.masked[0].sum())
+        keep = int(torch.clamp(torch.ceil(SCHEDULES[self.schedule](r) * total), 0, n_prev))
+        return n_prev - keep if timestep == steps - 1 else max(n_prev - keep, 1)
+
+    def _official_step(self, logits, timestep, sample, generator) -> TokenState:
+        """sample_t2i: probabilities of the tempered logits; greedy ranks them by sort (strategy maskgit), else topk
+        of log(clamp(p, min_probability)) + noise * Gumbel (multinomial-maskgit); every row fixes the same count."""
+        masked = sample.masked
+        tempered = logits.float() / self.temperature_at(timestep)
+        probs = tempered.softmax(dim=-1)
+        if self.greedy:
+            tokens = probs.argmax(dim=-1)
+        else:
+            tokens, _ = sample_tokens(tempered, uniform(masked.shape, generator, masked.device)[masked])
+        conf = _scatter(masked, probs.gather(-1, tokens[:, None])[:, 0], probs)
+        tokens = torch.where(masked, _scatter(masked, tokens, sample.tokens), sample.tokens)
+        count = self.official_count(timestep, sample)
+        if not self.greedy:
+            noise = _anneal(self.noise, self.noise_end, self.num_inference_steps)[timestep]
+            scores = conf.clamp(self.min_probability, 1).log() + noise * gumbel(masked.shape, generator, masked.device)
+        fixed = torch.zeros_like(masked)
+        for b, ids in enumerate(_rows(masked)):
+            if self.greedy:
+                order = torch.sort(conf[b, ids], descending=True).indices[:count]
+            else:
+                order = scores[b, ids].topk(min(count, len(ids))).indices
+            fixed[b, ids[order]] = True
+        logp = torch.where(fixed, conf.log(), sample.logp)
+        return TokenState(torch.where(fixed, tokens, sample.tokens), masked & ~fixed, sample.span, logp)
 
 
 @dataclass
@@ -167,8 +215,17 @@ class MaskPredictScheduler(_Scheduler):
         counts = torch.ceil(x - 1e-9) if self.rounding == "ceil" else torch.floor(x + 1e-9)
         return torch.minimum(counts.long().clamp(min=self.min_tokens_per_step), n)
 
+    def official_remask_count(self, timestep: int, n: int) -> int:
+        """sample_txt_tok's m for the next step: max(1, trunc(float32(N (S - t) / S))); none after the last."""
+        steps, nxt = self.num_inference_steps, timestep + 1
+        if nxt == steps:
+            return 0
+        return max(1, int((torch.tensor(n) * (steps - nxt) / steps).int()))
+
     def step(self, logits: torch.Tensor, timestep: int, sample: TokenState, generator: Generators) -> TokenState:
         """One Mask-Predict step from the logits [M, V] at sample.masked (row-major)."""
+        if self.rule == "official":
+            return self._official_step(logits, timestep, sample, generator)
         masked, span = sample.masked, sample.span
         tokens, logp = self.draw(logits, timestep, masked, generator)
         tokens = torch.where(masked, _scatter(masked, tokens, sample.tokens), sample.tokens)
@@ -177,6 +234,26 @@ class MaskPredictScheduler(_Scheduler):
         if self.remask == "sample" and not self.greedy:
             scores = logp - gumbel(span.shape, generator, span.device)  # Gumbel-top-k: weight exp(-logp) = 1 / p
         remask = lowest_scores(scores.masked_fill(~span, float("inf")), self.remask_counts(timestep, span.sum(dim=1)))
+        return TokenState(tokens, remask, span, logp)
+
+    def _official_step(self, logits, timestep, sample, generator) -> TokenState:
+        """sample_txt_tok: tokens of Categorical(tempered, top-k-filtered logits) (greedy: argmax of its probs), then
+        per row m of the span re-masked: topk(-logp) (lowest) or a weighted draw (sample) (docs/official.md 8, 11)."""
+        masked, span = sample.masked, sample.span
+        tempered = filter_logits(logits.float() / self.temperature_at(timestep), self.top_k, self.top_p)
+        norm = tempered - tempered.logsumexp(dim=-1, keepdim=True)  # what Categorical(logits=...) holds
+        if self.greedy:
+            tokens = norm.softmax(dim=-1).argmax(dim=-1)
+        else:
+            tokens, _ = sample_tokens(norm, uniform(masked.shape, generator, masked.device)[masked])
+        logp = torch.where(masked, _scatter(masked, norm.gather(-1, tokens[:, None])[:, 0], sample.logp), sample.logp)
+        tokens = torch.where(masked, _scatter(masked, tokens, sample.tokens), sample.tokens)
+        scores = -logp
+        if self.remask == "sample" and not self.greedy:
+            scores = scores + gumbel(span.shape, generator, span.device)  # Gumbel-top-k: weight exp(-logp) = 1 / p
+        remask = torch.zeros_like(masked)
+        for b, ids in enumerate(_rows(span)):
+            remask[b, ids[scores[b, ids].topk(self.official_remask_count(timestep, len(ids))).indices]] = True
         return TokenState(tokens, remask, span, logp)
 
 
@@ -204,9 +281,9 @@ PRESETS: dict[str, Preset] = {
     # the released sampling code (kakaobrain/magvlt sampling_t2i.py / sampling_i2t.py and their config)
     "official": Preset(
         image=MaskGITScheduler(num_inference_steps=10, temperature=1.4, temperature_end=0.6, confidence="tempered",
-                               min_probability=9.77e-4, noise=2.0, noise_end=0.2, min_tokens_per_step=1),
+                               min_probability=2**-10, noise=2.0, noise_end=0.2, rule="official"),
         text=MaskPredictScheduler(num_inference_steps=12, temperature=0.1, top_k=32, confidence="tempered",
-                                  remask="sample", rounding="floor", min_tokens_per_step=1),
+                                  remask="sample", rule="official"),
         image_candidates=32, text_candidates=64,
     ),
     # `magvlt demo`: temperature 0.5 for both and the scorer's best of 4 (README, "What `magvlt demo` does")

@@ -111,6 +111,11 @@ class TextTokenizer:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, length={self.length})"
 
+    @property
+    def max_tokens(self) -> int:
+        """The longest text (in BPE ids) a row holds besides its start and end tokens."""
+        return self.length - 2
+
     def _word_ids(self, word: str, dropout: float = 0.0, rng=None) -> tuple[int, ...]:
         if word in (SOT, EOT):
             return (self.encoder[word],)
@@ -303,7 +308,10 @@ def load_text_tokenizer(directory: str | Path) -> TextTokenizer:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON: {e}") from None
+    from magvlt.official.text import OfficialTokenizer  # it builds on this module
+
+    kinds = {**TOKENIZERS, OfficialTokenizer.kind: OfficialTokenizer}
     kind = data.get("kind") if isinstance(data, dict) else None
-    if kind not in TOKENIZERS:
-        raise UserError(f"{path}: unknown tokenizer kind {kind!r}; expected one of {sorted(TOKENIZERS)}")
-    return TOKENIZERS[kind].from_config(data)
+    if kind not in kinds:
+        raise UserError(f"{path}: unknown tokenizer kind {kind!r}; expected one of {sorted(kinds)}")
+    return kinds[kind].from_config(data)

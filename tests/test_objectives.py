@@ -21,6 +21,7 @@ from magvlt.objectives import (
     magvlt_loss,
     mask_task,
     mix_select,
+    official_inputs,
     sample_task,
     trained_task_weights,
     training_loss,
@@ -417,3 +418,32 @@ def test_training_loss_learns_a_text_image_relation():
         _, t2i = magvlt_loss(m, batch, cfg, "t2i", gen(1))
         _, i2t = magvlt_loss(m, batch, cfg, "i2t", gen(1))
     assert t2i["acc_image"] > 0.5 and i2t["acc_text"] > 0.5  # chance: 1/32 and 1/50
+
+
+# --- the official architecture ---------------------------------------------------------------------------------
+
+
+def test_official_architecture_trains_every_term_in_its_layouts():
+    """Official layouts per task (T2I text first, I2T / IT2IT image first), MixSel's selector in the <BOG> slot,
+    <SEP> as <|endoftext|>, padding hidden by the caption length; every loss term finite with gradients."""
+    torch.manual_seed(0)
+    m = Transformer(dataclasses.replace(CFG, official=True))
+    batch = make_batch()
+    cfg = ObjectiveConfig(cond_dropout=0.5)
+    for task in TASKS:
+        loss, metrics = training_loss(m, batch, cfg, task, gen(2))
+        m.zero_grad()
+        loss.backward()
+        assert math.isfinite(loss.item()) and m.spc_emb.weight.grad.abs().sum() > 0
+        expected = {"t2i": {"mask", "unroll", "mix"}, "i2t": {"mask", "length", "unroll", "mix"}, "it2it": {"mask", "length"}}
+        assert expected[task] <= {k.split("/")[1] for k in metrics if "/" in k}
+    other = {**batch, "text": torch.where(torch.arange(CFG.text_len) < batch["length"][:, None], batch["text"], 7)}
+    for task in TASKS:  # padding is neither fed nor a target
+        assert torch.equal(magvlt_loss(m, batch, ObjectiveConfig(), task, gen(3))[0],
+                           magvlt_loss(m, other, ObjectiveConfig(), task, gen(3))[0])
+    mixed = mix_select("t2i", VOCAB, CFG.image_grid, batch, "mixsel", gen(4))
+    _, _, text, _, length, bog = official_inputs(m, mixed.image, mixed.text, mixed.selector)
+    assert torch.equal(length, mixed.length) and set(bog.tolist()) <= {6, 7}
+    assert ((text == CFG.text_vocab - 1).sum(dim=1) >= 1).all()  # <SEP> and the padding read as <|endoftext|>
+    with pytest.raises(UserError, match="bidirectional"):
+        Transformer(dataclasses.replace(CFG, official=True, causal=True))

@@ -249,3 +249,39 @@ def test_presets_are_printable_copies_that_refuse_bad_fields():
             IMAGE(**bad)
     with pytest.raises(UserError):
         TEXT(remask="highest")
+
+
+def test_every_mode_decodes_with_the_official_architecture():
+    torch.manual_seed(0)
+    model = Transformer(dataclasses.replace(CFG, official=True)).eval()
+    (text, length), image = _text(), _image()
+    preset = get_preset("official")
+    out = sampling.generate_images(model, text, length, preset.image, generator=_gen(0), guidance_scale=2.0)
+    assert not out.image_masked.any() and out.image.max() < CFG.image_vocab
+    keep = ~sampling.central_mask(CFG.image_grid)
+    out = sampling.inpaint(model, image, ~keep, text, length, preset.image, generator=_gen(0))
+    assert torch.equal(out.image[:, keep], image[:, keep])
+    out = sampling.generate_text(model, image, preset.text, generator=_gen(0), guidance_scale=2.0)
+    assert not out.text_masked.any() and ((out.length >= 1) & (out.length <= CFG.text_len)).all()
+    span = sampling.central_span(length, CFG.text_len)
+    out = sampling.infill(model, image, text, length, span, preset.text, generator=_gen(0))
+    assert torch.equal(out.text[~span & sampling.text_valid(length, CFG.text_len)], text[~span & sampling.text_valid(length, CFG.text_len)])
+    out = sampling.generate_pairs(model, 2, IMAGE(4), TEXT(4), generator=_gen(0))
+    assert not out.image_masked.any() and not out.text_masked.any()
+
+
+def test_official_counts_follow_the_released_float32_arithmetic():
+    """docs/official.md section 7: the counts the official code computes (never hard-coded in the rule)."""
+    rule = PRESETS["official"].image
+
+    def counts(total: int) -> list[int]:
+        state, out = TokenState.start(torch.zeros(1, total, dtype=torch.long), torch.ones(1, total, dtype=torch.bool)), []
+        for t in range(rule.num_inference_steps):
+            out.append(rule.official_count(t, state))
+            state.masked[0, torch.nonzero(state.masked[0])[: out[-1], 0]] = False
+        return out
+
+    assert counts(256) == [3, 9, 15, 21, 26, 31, 34, 37, 39, 41]
+    assert counts(64) == [1, 2, 3, 6, 6, 8, 8, 10, 9, 11]
+    text = PRESETS["official"].text
+    assert [37] + [text.official_remask_count(t, 37) for t in range(12)] == [37, 33, 30, 27, 24, 21, 18, 15, 12, 9, 6, 3, 0]

@@ -9,13 +9,16 @@ encode and is encoded again with its non-ASCII characters dropped, as the offici
 from __future__ import annotations
 
 import gzip
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from tokenizers import CharBPETokenizer
 
+from magvlt.checkpoint import atomic_write_text
 from magvlt.errors import UserError
-from magvlt.text import BYTE_ENCODER, CLIP_MERGES, EOT, SOT, WORD_END, clip_vocab_path
+from magvlt.text import BYTE_ENCODER, CLIP_MERGES, EOT, SAVE_FILE, SOT, WORD_END, clip_vocab_path
 
 CONTEXT = 64
 LSTRIP = ",.!?*#:;~"
@@ -37,10 +40,13 @@ def clip_bpe_tables() -> tuple[dict[str, int], list[tuple[str, str]]]:
 class OfficialTokenizer:
     """Texts to the official model's text rows and its generated rows back to cleaned captions."""
 
+    kind = "official"
+
     def __init__(self, length: int = CONTEXT):
         vocab, merges = clip_bpe_tables()
-        self.eos = vocab[EOT]
-        self.length = length
+        self.eos = self.eot_id = vocab[EOT]
+        self.vocab_size, self.length = len(vocab), length
+        self.max_tokens = length  # longer texts are truncated to `length` ids (no EOS), as the official code does
         self.bpe = CharBPETokenizer(vocab, merges, unk_token="[UNK]", lowercase=True)
         self.bpe.enable_padding(length=length, pad_id=self.eos)
         self.bpe.enable_truncation(max_length=length)
@@ -51,19 +57,37 @@ class OfficialTokenizer:
         except Exception:  # tokenizers raises a bare Exception for a character its vocabulary lacks
             return self.bpe.encode(text.encode("ascii", "ignore").decode()).ids
 
+    def bpe_ids(self, text: str) -> list[int]:
+        """The ids of one text before its EOS padding (truncated to the row length)."""
+        row = self._ids(text)
+        return row[: row.index(self.eos)] if self.eos in row else row
+
     def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows [B, 64] of ids and caption lengths [B]: tokens before the first EOS plus that EOS, at most 64."""
         rows = [self._ids(t) for t in texts]
         lengths = [min(row.index(self.eos) + 1 if self.eos in row else len(row) + 1, self.length) for row in rows]
         return torch.tensor(rows, dtype=torch.long), torch.tensor(lengths, dtype=torch.long)
 
-    def decode(self, rows) -> list[str]:
-        """Generated rows to cleaned captions: cut at the first EOS, BPE-decoded, then post_caption."""
+    def decode(self, rows, lengths=None) -> list[str]:
+        """Generated rows (cut at lengths if given) to cleaned captions: cut at the first EOS, BPE-decoded, then
+        post_caption."""
+        rows = torch.as_tensor(rows).tolist()
+        if lengths is not None:
+            rows = [row[:n] for row, n in zip(rows, torch.as_tensor(lengths).tolist(), strict=True)]
         texts = []
-        for row in torch.as_tensor(rows).tolist():
+        for row in rows:
             row = row[: row.index(self.eos)] if self.eos in row else row
             texts.append(post_caption(self.bpe.decode(row, skip_special_tokens=True)))
         return texts
+
+
+    def save(self, directory: str | Path) -> None:
+        """Write text_tokenizer.json: the kind that makes load_text_tokenizer rebuild this tokenizer."""
+        atomic_write_text(Path(directory) / SAVE_FILE, json.dumps({"kind": self.kind, "length": self.length}) + "\n")
+
+    @classmethod
+    def from_config(cls, data: dict) -> OfficialTokenizer:
+        return cls(data.get("length", CONTEXT))
 
 
 def post_caption(caption: str) -> str:
