@@ -246,8 +246,6 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg, self.vocab = cfg, Vocab.of(cfg)
         n_i, n_t, d = cfg.image_tokens, cfg.text_len, cfg.n_embd
-        self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         if cfg.official and cfg.causal:
             raise UserError("the official architecture is bidirectional (MAGVLT); ARGVLT uses magvlt's (official = false)")
         if cfg.official:  # Transformer1d + LMLayer (docs/official.md sections 2, 4, 6)
@@ -255,12 +253,16 @@ class Transformer(nn.Module):
             self.spc_emb = nn.Embedding(len(OFFICIAL_SPECIALS), d)
             self.pos_img, self.pos_txt = nn.Embedding(n_i, d), nn.Embedding(n_t, d)
             self.pos_spc = nn.Embedding(n_i + n_t + 4, d)
+        else:
+            self.tok_emb = nn.Embedding(self.vocab.size, d)
+            self.pos_emb = nn.Embedding(n_i + n_t + len(SLOTS), d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        if cfg.official:
             self.ln_f = nn.Identity()
             self.head_fc, self.head_ln = nn.Linear(d, d), nn.LayerNorm(d)
             self.output_bias = nn.Parameter(torch.zeros(cfg.image_vocab + cfg.text_vocab))
         else:
-            self.tok_emb = nn.Embedding(self.vocab.size, d)
-            self.pos_emb = nn.Embedding(n_i + n_t + len(SLOTS), d)
             self.ln_f = nn.LayerNorm(d)
             if not cfg.tie_embeddings:
                 self.image_head = nn.Linear(d, cfg.image_vocab, bias=False)

@@ -211,14 +211,18 @@ class MAGVLTPipeline:
                 rows.append(self._marked(n, text))
                 continue
             length = plain_lengths[k]
-            rows.append((plain_ids[k], length, sampling.central_span(length[None] - 2, self.tokenizer.length, start=1)[0]))
+            start = len(self.tokenizer.start_ids)  # the central half of the tokens between start and end
+            rows.append((plain_ids[k], length,
+                         sampling.central_span(length[None] - start - 1, self.tokenizer.length, start=start)[0]))
             k += 1
         ids, lengths, spans = zip(*rows)
         return torch.stack(ids), torch.stack(lengths), torch.stack(spans)
 
     def _marked(self, n: int, text: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(ids, length, span) of one text with [MASK] markers: [sot, part, <masked>, part, ..., eot]."""
-        tok, ids, span = self.tokenizer, [self.tokenizer.sot_id], [False]
+        """(ids, length, span) of one text with [MASK] markers: [sot, part, <masked>, part, ..., eot] (no sot for the
+        official tokenizer)."""
+        tok = self.tokenizer
+        ids, span = list(tok.start_ids), [False] * len(tok.start_ids)
         for k, part in enumerate(text.split(MASK_MARKER)):
             if k:
                 ids, span = ids + [0], span + [True]

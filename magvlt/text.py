@@ -112,6 +112,11 @@ class TextTokenizer:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, length={self.length})"
 
     @property
+    def start_ids(self) -> list[int]:
+        """The ids every row starts with."""
+        return [self.sot_id]
+
+    @property
     def max_tokens(self) -> int:
         """The longest text (in BPE ids) a row holds besides its start and end tokens."""
         return self.length - 2

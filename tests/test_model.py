@@ -1,6 +1,5 @@
 import dataclasses
 
-import pytest
 import torch
 
 from magvlt.config import MODEL_PRESETS, ModelConfig, preset

@@ -166,3 +166,12 @@ def test_long_prompts_are_truncated_as_the_official_code_does(pipe):
     ids, lengths = pipe.encode_text([prompt])
     expected_ids, expected_lengths = OfficialTokenizer().encode([prompt])
     assert torch.equal(ids, expected_ids) and lengths.tolist() == expected_lengths.tolist() == [64]
+
+
+def test_infilling_a_converted_run(pipe, out):
+    image = Image.fromarray(out["images"][0].numpy())
+    marked = pipe.infill(image, "a [MASK] playing with a ball", preset=get_preset("official").greedy(), num_candidates=1)
+    plain = pipe.infill(image, "a dog playing with a ball", preset=get_preset("official").greedy(), num_candidates=1)
+    assert marked.texts[0].endswith(" .") and plain.texts[0].endswith(" .")
+    ids, lengths, span = pipe.encode_masked_text(["a [MASK] playing"])
+    assert span[0].nonzero().flatten().tolist() == [1] and ids[0, 0] != pipe.tokenizer.eos

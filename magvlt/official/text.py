@@ -46,6 +46,7 @@ class OfficialTokenizer:
         vocab, merges = clip_bpe_tables()
         self.eos = self.eot_id = vocab[EOT]
         self.vocab_size, self.length = len(vocab), length
+        self.start_ids = []  # no start token
         self.max_tokens = length  # longer texts are truncated to `length` ids (no EOS), as the official code does
         self.bpe = CharBPETokenizer(vocab, merges, unk_token="[UNK]", lowercase=True)
         self.bpe.enable_padding(length=length, pad_id=self.eos)
