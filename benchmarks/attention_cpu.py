@@ -4,6 +4,7 @@
 
 Shape: the tiny preset's training attention (batch 64, 4 heads, 98 tokens, head dim 64). Prints medians of 7 runs.
 """
+
 import argparse
 import statistics
 import time

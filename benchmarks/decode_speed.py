@@ -30,6 +30,7 @@ chain whatever its size, so the compute term shrinks against the sequential one 
 token) MAGVLT wins everywhere (16x here on the tiny model). The second table prints each decode's FLOPs,
 sequential forwards and the throughput it reached, so the figures can be checked against the roofline.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,9 @@ import time
 import torch
 
 from magvlt import sampling
-from magvlt.schedulers import MaskGITScheduler
 from magvlt.config import MODEL_PRESETS, ModelConfig
 from magvlt.model import Transformer
+from magvlt.schedulers import MaskGITScheduler
 
 STEPS = 10
 PROMPT_LEN = 16  # real caption tokens; the rest of the 64 is padding, as in the paper's fixed text length
@@ -114,7 +115,9 @@ def run_cell(name: str, cfg: ModelConfig, batch: int, args, device: torch.device
     def ar(use_cache: bool):
         return lambda: sampling.ar_generate_images(argvlt, text, length, generator=gen, use_cache=use_cache)
 
-    sampling.generate_images(magvlt, text[:1], length[:1], MaskGITScheduler(1), generator=gen)  # warm-up: allocator, threads
+    sampling.generate_images(
+        magvlt, text[:1], length[:1], MaskGITScheduler(1), generator=gen
+    )  # warm-up: allocator, threads
     row = {"model": name, "batch": batch, "estimated": set()}
     if expensive:
         row["magvlt"] = median_time(mag(2), repeats, device) * STEPS / 2
@@ -168,8 +171,10 @@ def roofline(rows: list[dict]) -> str:
     ]
     for r in rows:
         for m in ("magvlt", "ar-cached", "ar-uncached"):
-            achieved = (f"{r[f'{m}/tflops_s']:.3f} | {r[f'{m}/gb_s']:.1f}" if f"{m}/tflops_s" in r else "— | —")
-            lines.append(f"| {r['model']} | {r['batch']} | {m} | {r[f'{m}/gflops']:.0f} | {r[f'{m}/passes']} | {achieved} |")
+            achieved = f"{r[f'{m}/tflops_s']:.3f} | {r[f'{m}/gb_s']:.1f}" if f"{m}/tflops_s" in r else "— | —"
+            lines.append(
+                f"| {r['model']} | {r['batch']} | {m} | {r[f'{m}/gflops']:.0f} | {r[f'{m}/passes']} | {achieved} |"
+            )
     return "\n".join(lines)
 
 
@@ -197,7 +202,9 @@ def main() -> None:
     load = f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other processes skew CPU timings)"
     print(f"\nT2I decoding, 256 image tokens, {where}, torch {torch.__version__}; {load}; ~: estimated, see --full\n")
     print(markdown(rows))
-    print("\nWork per decode and the throughput reached (FLOPs of matmuls; weights read once per sequential forward):\n")
+    print(
+        "\nWork per decode and the throughput reached (FLOPs of matmuls; weights read once per sequential forward):\n"
+    )
     print(roofline(rows))
 
 

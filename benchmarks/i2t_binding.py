@@ -10,6 +10,7 @@ one step, no iterative decoding), so it separates what the model knows from what
 
     python benchmarks/i2t_binding.py runs/demo/model --n 400
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,14 @@ def word_slots(caption: str, bpe_ids) -> dict[str, list[int]]:
     return {"A": pick(range(1, 4)), "relation": pick(range(4, second)), "B": pick(range(second + 1, second + 4))}
 
 
-def probe(pipe: MAGVLTPipeline, codes: torch.Tensor, ids: torch.Tensor, length: torch.Tensor,
-          slots: list[dict[str, list[int]]], parts: tuple[str, ...]) -> tuple[float, float]:
+def probe(
+    pipe: MAGVLTPipeline,
+    codes: torch.Tensor,
+    ids: torch.Tensor,
+    length: torch.Tensor,
+    slots: list[dict[str, list[int]]],
+    parts: tuple[str, ...],
+) -> tuple[float, float]:
     """(% captions with every masked token right, % masked tokens right) when the words in `parts` are masked."""
     targets = [[q for part in parts for q in s[part]] for s in slots]
     mask = torch.zeros_like(ids, dtype=torch.bool)
@@ -54,8 +61,7 @@ def probe(pipe: MAGVLTPipeline, codes: torch.Tensor, ids: torch.Tensor, length: 
         mask[row, positions] = True
     pred = sampling.infill(pipe.model, codes, ids, length, mask, MaskPredictScheduler(1)).text
     right = [pred[row, positions] == ids[row, positions] for row, positions in enumerate(targets)]
-    return (100 * sum(bool(r.all()) for r in right) / len(right),
-            100 * float(torch.cat(right).float().mean()))
+    return (100 * sum(bool(r.all()) for r in right) / len(right), 100 * float(torch.cat(right).float().mean()))
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ times `MAGVLTPipeline` greedy T2I and I2T with --candidates 1 on the same prompt
     python benchmarks/official_speed.py /work/official --official-python /work/official-venv/bin/python \\
         --sizes tiny base --batches 1 32
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,9 @@ def official_side(args) -> None:
     captions = [fx.greedy_i2t(cfg, tokutil, model, pixels[b : b + 1])[2][0] for b in range(args.batch)]
     i2t = time.perf_counter() - start
     save_file({"codes": codes.int().contiguous(), "images": torch.from_numpy(img)}, str(out / "official.safetensors"))
-    (out / "official.json").write_text(json.dumps({"prompts": prompts, "captions": captions, "t2i_s": t2i, "i2t_s": i2t}))
+    (out / "official.json").write_text(
+        json.dumps({"prompts": prompts, "captions": captions, "t2i_s": t2i, "i2t_s": i2t})
+    )
 
 
 def magvlt_side(run: Path, out: Path, threads: int) -> dict:
@@ -83,14 +86,21 @@ def magvlt_side(run: Path, out: Path, threads: int) -> dict:
     start = time.perf_counter()
     captions = pipe.caption(images, preset=greedy, num_candidates=1).texts
     i2t = time.perf_counter() - start
-    return {"t2i_s": t2i, "i2t_s": i2t, "t2i_identical": bool(torch.equal(codes, tensors["codes"].long())),
-            "i2t_identical": captions == record["captions"], "official": record}
+    return {
+        "t2i_s": t2i,
+        "i2t_s": i2t,
+        "t2i_identical": bool(torch.equal(codes, tensors["codes"].long())),
+        "i2t_identical": captions == record["captions"],
+        "official": record,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repo", help="a checkout of kakaobrain/magvlt (commit 4654615)")
-    parser.add_argument("--official-python", default=sys.executable, help="Python with the official code's dependencies")
+    parser.add_argument(
+        "--official-python", default=sys.executable, help="Python with the official code's dependencies"
+    )
     parser.add_argument("--sizes", nargs="+", default=["tiny", "base"], choices=sorted(SIZES))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--threads", type=int, default=2)
@@ -105,22 +115,48 @@ def main() -> None:
         for batch in args.batches:
             with tempfile.TemporaryDirectory() as tmp:
                 tmp = Path(tmp)
-                subprocess.run([args.official_python, __file__, args.repo, "--size", size, "--batch", str(batch),
-                                "--out", str(tmp), "--threads", str(args.threads)], check=True)
+                subprocess.run(
+                    [
+                        args.official_python,
+                        __file__,
+                        args.repo,
+                        "--size",
+                        size,
+                        "--batch",
+                        str(batch),
+                        "--out",
+                        str(tmp),
+                        "--threads",
+                        str(args.threads),
+                    ],
+                    check=True,
+                )
                 m = magvlt_side(tmp / "run", tmp, args.threads)
             o = m.pop("official")
-            row = {"size": size, "batch": batch, "official_t2i_s": round(o["t2i_s"], 2), "magvlt_t2i_s": round(m["t2i_s"], 2),
-                   "t2i_speedup": round(o["t2i_s"] / m["t2i_s"], 2), "official_i2t_s": round(o["i2t_s"], 2),
-                   "magvlt_i2t_s": round(m["i2t_s"], 2), "i2t_speedup": round(o["i2t_s"] / m["i2t_s"], 2),
-                   "t2i_identical": m["t2i_identical"], "i2t_identical": m["i2t_identical"]}
+            row = {
+                "size": size,
+                "batch": batch,
+                "official_t2i_s": round(o["t2i_s"], 2),
+                "magvlt_t2i_s": round(m["t2i_s"], 2),
+                "t2i_speedup": round(o["t2i_s"] / m["t2i_s"], 2),
+                "official_i2t_s": round(o["i2t_s"], 2),
+                "magvlt_i2t_s": round(m["i2t_s"], 2),
+                "i2t_speedup": round(o["i2t_s"] / m["i2t_s"], 2),
+                "t2i_identical": m["t2i_identical"],
+                "i2t_identical": m["i2t_identical"],
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print("\n| size | batch | T2I official s | T2I magvlt s | speed-up | I2T official s | I2T magvlt s | speed-up | identical |")
+    print(
+        "\n| size | batch | T2I official s | T2I magvlt s | speed-up | I2T official s | I2T magvlt s | speed-up | identical |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
-        print(f"| {r['size']} | {r['batch']} | {r['official_t2i_s']} | {r['magvlt_t2i_s']} | {r['t2i_speedup']}x | "
-              f"{r['official_i2t_s']} | {r['magvlt_i2t_s']} | {r['i2t_speedup']}x | "
-              f"{r['t2i_identical'] and r['i2t_identical']} |")
+        print(
+            f"| {r['size']} | {r['batch']} | {r['official_t2i_s']} | {r['magvlt_t2i_s']} | {r['t2i_speedup']}x | "
+            f"{r['official_i2t_s']} | {r['magvlt_i2t_s']} | {r['i2t_speedup']}x | "
+            f"{r['t2i_identical'] and r['i2t_identical']} |"
+        )
 
 
 if __name__ == "__main__":

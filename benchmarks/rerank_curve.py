@@ -6,6 +6,7 @@ right?). Where the pick falls far below the oracle, the scorer is what limits; w
 
     python benchmarks/rerank_curve.py runs/demo --k 32 --n 100
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,12 +61,16 @@ def main() -> None:
     t2i_scores = pipe.scorer.score(torch.as_tensor(drawn), captions).numpy()
 
     shape = (args.n, args.k)
-    print(f"{args.run}: {args.n} val inputs x {args.k} samples at temperature {args.temperature} "
-          f"(I2T {i2t_seconds:.0f} s, T2I {t2i_seconds:.0f} s); judge exact scene, %\n")
+    print(
+        f"{args.run}: {args.n} val inputs x {args.k} samples at temperature {args.temperature} "
+        f"(I2T {i2t_seconds:.0f} s, T2I {t2i_seconds:.0f} s); judge exact scene, %\n"
+    )
     print("| k | T2I best of k | T2I oracle | I2T best of k | I2T oracle |")
     print("|---:|---:|---:|---:|---:|")
-    for (k, t_pick, t_any), (_, i_pick, i_any) in zip(curve(t2i_right.reshape(shape), t2i_scores.reshape(shape)),
-                                                    curve(i2t_right.reshape(shape), i2t_scores.reshape(shape))):
+    for (k, t_pick, t_any), (_, i_pick, i_any) in zip(
+        curve(t2i_right.reshape(shape), t2i_scores.reshape(shape)),
+        curve(i2t_right.reshape(shape), i2t_scores.reshape(shape)),
+    ):
         print(f"| {k} | {t_pick:.1f} | {t_any:.1f} | {i_pick:.1f} | {i_any:.1f} |")
 
 

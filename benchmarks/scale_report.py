@@ -14,6 +14,7 @@ cost of the full objective over plain mask prediction; checkpointing adds a forw
 time and tokens/s at an assumed fraction of the GPU's bf16 peak. Only the counts are measurements; the GPU
 rates are arithmetic.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,14 +62,22 @@ def main() -> None:
     parser.add_argument("--gpu-gb", type=float, default=80.0)
     parser.add_argument("--gpu-tflops", type=float, default=312.0, help="bf16 dense peak (A100: 312, H100 SXM: 989)")
     parser.add_argument("--mfu", type=float, default=0.4, help="assumed fraction of the peak a step reaches")
-    parser.add_argument("--objective-factor", type=float, default=2.7,
-                        help="a full objective step (length query, UnrollMask, MixSel) over plain mask prediction; "
-                             "2.7 measured on the CPU (README: 1.95 s vs 0.73 s)")
+    parser.add_argument(
+        "--objective-factor",
+        type=float,
+        default=2.7,
+        help="a full objective step (length query, UnrollMask, MixSel) over plain mask prediction; "
+        "2.7 measured on the CPU (README: 1.95 s vs 0.73 s)",
+    )
     args = parser.parse_args()
-    print(f"{args.gpus} GPUs of {args.gpu_gb:g} GB, {args.gpu_tflops:g} bf16 TFLOP/s at {args.mfu:.0%}, "
-          f"global batch {args.batch}\n")
-    print("| preset (wrapping) | params | state/rank DDP | state/rank FSDP2 | activations/sample | checkpointed | "
-          "micro-batch / grad_accum | checkpointed | GFLOP/sample | step | tokens/s |")
+    print(
+        f"{args.gpus} GPUs of {args.gpu_gb:g} GB, {args.gpu_tflops:g} bf16 TFLOP/s at {args.mfu:.0%}, "
+        f"global batch {args.batch}\n"
+    )
+    print(
+        "| preset (wrapping) | params | state/rank DDP | state/rank FSDP2 | activations/sample | checkpointed | "
+        "micro-batch / grad_accum | checkpointed | GFLOP/sample | step | tokens/s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.presets.split(","):
         cfg = TRAIN_PRESETS[name].model
@@ -85,10 +94,12 @@ def main() -> None:
         train_flops = 3 * flops * args.objective_factor
         step = args.batch * train_flops / (args.gpus * args.gpu_tflops * 1e12 * args.mfu)
         tokens = args.batch * (cfg.image_tokens + cfg.text_len + 2) / step
-        print(f"| {name} ({'FSDP2' if fsdp else 'DDP'}) | {params / 1e6:.1f}M | {params * STATE_BYTES / 2**30:.1f} GB | "
-              f"{params * STATE_BYTES / args.gpus / 2**30:.2f} GB | {plain / 2**20:.0f} MiB | {kept / 2**20:.0f} MiB | "
-              f"{' / '.join(map(str, fits[0]))} | {' / '.join(map(str, fits[1]))} | {train_flops / 1e9:.0f} | "
-              f"{step:.1f} s | {tokens:,.0f} |")
+        print(
+            f"| {name} ({'FSDP2' if fsdp else 'DDP'}) | {params / 1e6:.1f}M | {params * STATE_BYTES / 2**30:.1f} GB | "
+            f"{params * STATE_BYTES / args.gpus / 2**30:.2f} GB | {plain / 2**20:.0f} MiB | {kept / 2**20:.0f} MiB | "
+            f"{' / '.join(map(str, fits[0]))} | {' / '.join(map(str, fits[1]))} | {train_flops / 1e9:.0f} | "
+            f"{step:.1f} s | {tokens:,.0f} |"
+        )
 
 
 def fitting(free: float, per_sample: float, per_rank: int) -> tuple[int, int]:

@@ -13,6 +13,7 @@ Last, the model call alone (no HTTP) is timed at batch 1 and at --max-batch: the
 can gain on this machine. Prompts are the shapes world's captions; no seed is sent, so every request has the default seed and a batch is
 one model call (see docs/serve.md on seeds).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,21 @@ from magvlt.data.shapes import render_split
 def serving(model: Path, max_batch: int, port: int, threads: int | None):
     """A `magvlt serve` subprocess on 127.0.0.1:port, yielded once /health answers."""
     extra = ["--threads", str(threads)] if threads else []
-    proc = subprocess.Popen([sys.executable, "-m", "magvlt", "serve", "--model", str(model), "--port", str(port),
-                             "--max-batch", str(max_batch), *extra])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "magvlt",
+            "serve",
+            "--model",
+            str(model),
+            "--port",
+            str(port),
+            "--max-batch",
+            str(max_batch),
+            *extra,
+        ]
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -96,16 +110,24 @@ async def load(url: str, clients: int, kinds: str, prompts, pngs, duration: floa
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, limits=limits) as http:
         start = time.monotonic()
-        await asyncio.gather(*(client(http, k, kinds, prompts, pngs, start + duration, timeout, results)
-                               for k in range(clients)))
+        await asyncio.gather(
+            *(client(http, k, kinds, prompts, pngs, start + duration, timeout, results) for k in range(clients))
+        )
         elapsed = time.monotonic() - start
     ok = sorted(t for s, t in results if s == 200)
     pct = (lambda q: round(1000 * ok[min(len(ok) - 1, int(q * len(ok)))])) if ok else (lambda q: None)
-    return {"clients": clients, "kinds": kinds, "seconds": round(elapsed, 1), "ok": len(ok),
-            "requests_per_s": round(len(ok) / elapsed, 2), "p50_ms": pct(0.5), "p95_ms": pct(0.95),
-            "mean_ms": round(1000 * statistics.fmean(ok)) if ok else None,
-            "statuses": dict(Counter(str(s) for s, _ in results)),
-            "server_errors": sum(1 for s, _ in results if not isinstance(s, int) or s >= 500)}
+    return {
+        "clients": clients,
+        "kinds": kinds,
+        "seconds": round(elapsed, 1),
+        "ok": len(ok),
+        "requests_per_s": round(len(ok) / elapsed, 2),
+        "p50_ms": pct(0.5),
+        "p95_ms": pct(0.95),
+        "mean_ms": round(1000 * statistics.fmean(ok)) if ok else None,
+        "statuses": dict(Counter(str(s) for s, _ in results)),
+        "server_errors": sum(1 for s, _ in results if not isinstance(s, int) or s >= 500),
+    }
 
 
 def measure(args) -> list[dict]:
@@ -152,7 +174,8 @@ def table(rows: list[dict]) -> str:
         f"| {r['mode']} (max batch {r['max_batch']}) | {r['clients']} | {'T2I' if r['kinds'] == 't' else 'T2I + I2T'} "
         f"| {r['requests_per_s']} | {r['p50_ms']} | {r['p95_ms']} "
         f"| {', '.join(f'{k}: {v}' for k, v in sorted(r['statuses'].items()))} | {r['server_errors']} |\n"
-        for r in rows)
+        for r in rows
+    )
 
 
 def main() -> int:
@@ -169,11 +192,15 @@ def main() -> int:
     rows = measure(args)
     print(table(rows))
     on, off = (next(r for r in rows if r["mode"] == m and r["clients"] == 32) for m in ("batching", "one at a time"))
-    print(f"32 concurrent T2I: batching gives {on['requests_per_s'] / max(off['requests_per_s'], 1e-9):.1f}x "
-          f"the throughput of one at a time; 5xx or failed requests in all loads: {sum(r['server_errors'] for r in rows)}")
+    print(
+        f"32 concurrent T2I: batching gives {on['requests_per_s'] / max(off['requests_per_s'], 1e-9):.1f}x "
+        f"the throughput of one at a time; 5xx or failed requests in all loads: {sum(r['server_errors'] for r in rows)}"
+    )
     per_image = model_only(args.model, args.max_batch, args.threads)
-    print(f"the model call alone, T2I, ms per image: {per_image[1]} at batch 1, {per_image[args.max_batch]} at batch "
-          f"{args.max_batch} ({per_image[1] / per_image[args.max_batch]:.1f}x)")
+    print(
+        f"the model call alone, T2I, ms per image: {per_image[1]} at batch 1, {per_image[args.max_batch]} at batch "
+        f"{args.max_batch} ({per_image[1] / per_image[args.max_batch]:.1f}x)"
+    )
     if args.out:
         args.out.write_text(json.dumps({"loads": rows, "model_ms_per_image": per_image}, indent=2) + "\n")
     return 0

@@ -8,6 +8,7 @@ level (most image tokens are background).
 
     python benchmarks/shapes_learning.py --seconds 60 [--demo runs/demo] [--threads 2] [--arch magvlt]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,12 @@ def main() -> None:
     parser.add_argument("--demo", type=Path, default=Path("runs/demo"), help="the demo's output folder (its cache)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--n-eval", type=int, default=500)
-    parser.add_argument("--arch", choices=("official", "magvlt"), default="official",
-                        help="the released architecture (the presets') or magvlt's former one (ModelConfig.official)")
+    parser.add_argument(
+        "--arch",
+        choices=("official", "magvlt"),
+        default="official",
+        help="the released architecture (the presets') or magvlt's former one (ModelConfig.official)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -44,6 +49,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         held = tokenize(*load_pairs(prep.data / "val"), prep.text, prep.vq, tmp / "val", progress=False)
+
         def config(steps: int) -> TrainConfig:
             cfg = demo_train_config(demo, steps)
             cfg.model.official = args.arch == "official"
@@ -58,7 +64,12 @@ def main() -> None:
         rows, _ = TokenizedDataset(held).rows(np.arange(len(TokenizedDataset(held))))
         batches = [{k: v[i : i + 100] for k, v in rows.items()} for i in range(0, len(rows["image"]), 100)]
         acc = evaluate_masked_accuracy(model, batches)
-    print(json.dumps({"arch": args.arch, "steps": steps, "train_seconds": round(seconds, 1), "threads": args.threads, **acc}, indent=2))
+    print(
+        json.dumps(
+            {"arch": args.arch, "steps": steps, "train_seconds": round(seconds, 1), "threads": args.threads, **acc},
+            indent=2,
+        )
+    )
     print("\n| task / modality | held-out masked accuracy | chance (majority token) |\n|---|---:|---:|")
     for key in ("t2i/image", "i2t/text", "it2it/image", "it2it/text"):
         print(f"| {key} | {100 * acc[key]:.1f}% | {100 * acc[key + '/majority']:.1f}% |")

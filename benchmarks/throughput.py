@@ -10,6 +10,7 @@ step is drawn from the configured weights (8:1:1), so the median is a T2I step.
     python benchmarks/throughput.py              # tiny preset as the demo trains it: 256-token caption BPE, L = 32
     python benchmarks/throughput.py --steps 3 text_vocab=49408 text_len=64   # with CLIP's text vocabulary
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,9 +46,13 @@ def random_batch(model_cfg, batch: int, generator: torch.Generator) -> dict[str,
     def codes(n: int) -> torch.Tensor:
         return torch.randint(0, model_cfg.image_vocab, (batch, n), generator=generator)
 
-    return {"image": codes(h * w), "image_half_w": codes(h * (w // 2)), "image_half_h": codes((h // 2) * w),
-            "text": torch.randint(0, model_cfg.text_vocab, (batch, model_cfg.text_len), generator=generator),
-            "length": torch.randint(4, model_cfg.text_len + 1, (batch,), generator=generator)}
+    return {
+        "image": codes(h * w),
+        "image_half_w": codes(h * (w // 2)),
+        "image_half_h": codes((h // 2) * w),
+        "text": torch.randint(0, model_cfg.text_vocab, (batch, model_cfg.text_len), generator=generator),
+        "length": torch.randint(4, model_cfg.text_len + 1, (batch,), generator=generator),
+    }
 
 
 class Step:
@@ -98,19 +103,30 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--batch", type=int, default=64, help="micro-batch size (tiny preset: 64)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per cell")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", default=["text_vocab=256", "text_len=32"],
-                        help="model config overrides (default: text_vocab=256 text_len=32, the demo's shapes world)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        default=["text_vocab=256", "text_len=32"],
+        help="model config overrides (default: text_vocab=256 text_len=32, the demo's shapes world)",
+    )
     args = parser.parse_args()
     cfg = preset(TRAIN_PRESETS, args.preset)
     model_cfg = apply_overrides(cfg.model, args.overrides)
-    objectives = {"full (mask+length+UnrollMask+MixSel)": cfg.objective,
-                  "mask prediction only": dataclasses.replace(cfg.objective, unroll_mask=False, mix="off", length_weight=0.0)}
+    objectives = {
+        "full (mask+length+UnrollMask+MixSel)": cfg.objective,
+        "mask prediction only": dataclasses.replace(cfg.objective, unroll_mask=False, mix="off", length_weight=0.0),
+    }
     peak = {dtype: matmul_peak(dtype) for dtype in (torch.bfloat16, torch.float32)}
     tokens = args.batch * (model_cfg.image_tokens + model_cfg.text_len + 2)
-    print(f"{args.preset}: {model_cfg.n_layer} layers x {model_cfg.n_embd}, image {model_cfg.image_grid} of "
-          f"{model_cfg.image_vocab} codes, text {model_cfg.text_len} of {model_cfg.text_vocab}; batch {args.batch} "
-          f"= {tokens} tokens/step; {torch.get_num_threads()} threads")
-    print(f"matmul peak (2048^3): bf16 {peak[torch.bfloat16] / 1e9:.0f} GFLOP/s, fp32 {peak[torch.float32] / 1e9:.0f} GFLOP/s\n")
+    print(
+        f"{args.preset}: {model_cfg.n_layer} layers x {model_cfg.n_embd}, image {model_cfg.image_grid} of "
+        f"{model_cfg.image_vocab} codes, text {model_cfg.text_len} of {model_cfg.text_vocab}; batch {args.batch} "
+        f"= {tokens} tokens/step; {torch.get_num_threads()} threads"
+    )
+    print(
+        f"matmul peak (2048^3): bf16 {peak[torch.bfloat16] / 1e9:.0f} GFLOP/s, fp32 {peak[torch.float32] / 1e9:.0f} GFLOP/s\n"
+    )
     print("| objective | autocast | step (ms) | tokens/s | GFLOP/step | GFLOP/s | of bf16 peak |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, objective_cfg in objectives.items():
@@ -118,8 +134,10 @@ def main() -> None:
             step = Step(model_cfg, objective_cfg, args.batch, bf16)
             seconds, task = measure(step, args.steps)
             flops = step_flops(step)[task]
-            print(f"| {name} | {'bf16' if bf16 else 'off (fp32)'} | {1e3 * seconds:.0f} | {tokens / seconds:,.0f} | "
-                  f"{flops / 1e9:.1f} | {flops / seconds / 1e9:.0f} | {flops / seconds / peak[torch.bfloat16]:.1%} |")
+            print(
+                f"| {name} | {'bf16' if bf16 else 'off (fp32)'} | {1e3 * seconds:.0f} | {tokens / seconds:,.0f} | "
+                f"{flops / 1e9:.1f} | {flops / seconds / 1e9:.0f} | {flops / seconds / peak[torch.bfloat16]:.1%} |"
+            )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ arithmetic for GPUs: a GPU encodes pairs at (sustained bf16 FLOP/s) / (FLOPs per
 the CPU cores beside it; the slower of the two sets the rate, from which the hours for CC3M and CC12M on 8 GPUs
 follow. The GPU rate is an estimate (peak x an assumed utilization for convolutions), not a measurement.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,10 +47,15 @@ def photographs(n: int, side: int) -> list[bytes]:
         sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.hubble_deep_field()]
     except ImportError:
         rng = np.random.default_rng(0)
-        sources = [np.asarray(Image.fromarray(rng.integers(0, 256, (48, 64, 3), np.uint8)).resize((640, 480))) for _ in range(5)]
+        sources = [
+            np.asarray(Image.fromarray(rng.integers(0, 256, (48, 64, 3), np.uint8)).resize((640, 480)))
+            for _ in range(5)
+        ]
     out = []
     for i in range(n):
-        image = Image.fromarray(sources[i % len(sources)]).resize((round(side * 4 / 3), side), Image.Resampling.BILINEAR)
+        image = Image.fromarray(sources[i % len(sources)]).resize(
+            (round(side * 4 / 3), side), Image.Resampling.BILINEAR
+        )
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=90)
         out.append(buf.getvalue())
@@ -100,8 +106,18 @@ def time_end_to_end(vq: VQGAN, jpegs: list[bytes], batch: int, workers: int) -> 
                         info.size = len(blob)
                         tar.addfile(info, io.BytesIO(blob))
         start = time.perf_counter()
-        tokenize_units(open_source(shards), vq, ClipTokenizer(), Path(tmp) / "out", vq_dir=None, text_dir=None,
-                       image_size=SIZE, batch_size=batch, workers=workers, progress=False)
+        tokenize_units(
+            open_source(shards),
+            vq,
+            ClipTokenizer(),
+            Path(tmp) / "out",
+            vq_dir=None,
+            text_dir=None,
+            image_size=SIZE,
+            batch_size=batch,
+            workers=workers,
+            progress=False,
+        )
         return len(jpegs) / (time.perf_counter() - start)
 
 
@@ -112,8 +128,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2, help="timed encoder batches")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads and decoding threads")
     parser.add_argument("--photo-side", type=int, default=400, help="shorter side of the JPEGs (CC3M's median ~400)")
-    parser.add_argument("--gpu-tflops", type=float, default=312.0, help="GPU bf16 dense peak (A100: 312, H100 SXM: 989)")
-    parser.add_argument("--utilization", type=float, default=0.4, help="assumed fraction of peak for the encoder's convs")
+    parser.add_argument(
+        "--gpu-tflops", type=float, default=312.0, help="GPU bf16 dense peak (A100: 312, H100 SXM: 989)"
+    )
+    parser.add_argument(
+        "--utilization", type=float, default=0.4, help="assumed fraction of peak for the encoder's convs"
+    )
     parser.add_argument("--cores-per-gpu", type=int, default=12, help="CPU cores beside each GPU for decoding")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -128,20 +148,28 @@ def main() -> None:
     cpu_encode = args.batch / seconds
     end_to_end = time_end_to_end(vq, jpegs[: args.pairs], args.batch, args.threads)
 
-    print(f"machine: {os.cpu_count()} cores, {args.threads} threads, torch {torch.__version__}, load average "
-          f"{os.getloadavg()[0]:.1f}")
-    print(f"prepare (JPEG {round(args.photo_side * 4 / 3)}x{args.photo_side} -> 256x256): {one:.0f} images/s on 1 thread, "
-          f"{pooled:.0f} on {args.threads}")
+    print(
+        f"machine: {os.cpu_count()} cores, {args.threads} threads, torch {torch.__version__}, load average "
+        f"{os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"prepare (JPEG {round(args.photo_side * 4 / 3)}x{args.photo_side} -> 256x256): {one:.0f} images/s on 1 thread, "
+        f"{pooled:.0f} on {args.threads}"
+    )
     print(f"VQ encodings per pair (full + half width + half height, f16/16384 at 256 px): {flops / 1e9:.0f} GFLOP")
-    print(f"VQ encoding, batch {args.batch}, fp32 on this CPU: {seconds:.2f} s a batch, {cpu_encode:.2f} pairs/s "
-          f"({flops * cpu_encode / 1e9:.0f} GFLOP/s)")
+    print(
+        f"VQ encoding, batch {args.batch}, fp32 on this CPU: {seconds:.2f} s a batch, {cpu_encode:.2f} pairs/s "
+        f"({flops * cpu_encode / 1e9:.0f} GFLOP/s)"
+    )
     print(f"end to end (`tokenize_units`, {args.pairs} JPEGs in 2 tar shards): {end_to_end:.2f} pairs/s")
     gpu = args.gpu_tflops * 1e12 * args.utilization / flops
     cpu = one * args.cores_per_gpu
     rate = min(gpu, cpu)
-    print(f"\nper GPU, estimated: encoding {gpu:,.0f} pairs/s ({args.gpu_tflops:g} TFLOP/s x {args.utilization:g}); "
-          f"decoding on {args.cores_per_gpu} cores {cpu:,.0f} pairs/s -> {rate:,.0f} pairs/s "
-          f"({'GPU' if gpu < cpu else 'CPU decoding'}-bound)")
+    print(
+        f"\nper GPU, estimated: encoding {gpu:,.0f} pairs/s ({args.gpu_tflops:g} TFLOP/s x {args.utilization:g}); "
+        f"decoding on {args.cores_per_gpu} cores {cpu:,.0f} pairs/s -> {rate:,.0f} pairs/s "
+        f"({'GPU' if gpu < cpu else 'CPU decoding'}-bound)"
+    )
     for name, pairs in DATASETS.items():
         print(f"{name} ({pairs / 1e6:.1f}M pairs) on 8 GPUs: {pairs / (8 * rate) / 60:.0f} min")
 

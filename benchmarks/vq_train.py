@@ -3,6 +3,7 @@ shapes-world judge still reads back from decode(encode(x)), at full size and squ
 
     .venv/bin/python benchmarks/vq_train.py --minutes 6 --threads 2 [--preset tiny-patch] [--out runs/vq] [KEY=VALUE ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,15 +47,36 @@ def main() -> None:
     train, _ = render_split("train", args.n_train, args.seed, cfg.resolution)
     val, captions = render_split("val", args.n_val, args.seed, cfg.resolution)
     t0 = time.perf_counter()
-    model, stats = train_vq(train, cfg, minutes=args.minutes, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                            seed=args.seed, out=args.out, val_images=val, log_every=50)
+    model, stats = train_vq(
+        train,
+        cfg,
+        minutes=args.minutes,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        out=args.out,
+        val_images=val,
+        log_every=50,
+    )
     stats["train_seconds_with_eval"] = round(time.perf_counter() - t0, 1)
     stats["judge_real"] = judge_images(val, captions)["exact"]
     stats["judge_reconstructed"] = judge_images(model.decode(model.encode(val)).numpy(), captions)["exact"]
     for axis in ("w", "h"):
         stats[f"psnr_half_{axis}"] = evaluate(model, squeeze(val, axis))["psnr"]
-    print(json.dumps({"preset": args.preset, "threads": args.threads, "batch_size": args.batch_size, "lr": args.lr,
-                      "overrides": args.overrides, **stats}, indent=2))
+    print(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "threads": args.threads,
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "overrides": args.overrides,
+                **stats,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Atomic files and safetensors weights: a crash never leaves a half-written checkpoint."""
+
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import SafetensorError

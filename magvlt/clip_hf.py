@@ -6,6 +6,7 @@ and the caption tokenized by CLIP (start and end tokens, 77 positions). OpenAI's
 torchvision, which does not run here, so this reads a local `openai/clip-vit-base-patch32`-style directory
 (config.json, weights, vocab.json, merges.txt) with transformers and preprocesses with PIL.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -47,7 +48,9 @@ class HFClipScorer:
             raise UserError(f"CLIP reranking needs HF transformers; install it with: {CLIP_INSTALL}") from None
         directory = Path(directory)
         if not (directory / "config.json").is_file():
-            raise UserError(f"{directory} is not a CLIP directory (needs config.json, weights, vocab.json and merges.txt)")
+            raise UserError(
+                f"{directory} is not a CLIP directory (needs config.json, weights, vocab.json and merges.txt)"
+            )
         try:
             self.model = CLIPModel.from_pretrained(directory, local_files_only=True).eval()
             self.tokenizer = CLIPTokenizer.from_pretrained(directory, local_files_only=True)
@@ -65,7 +68,9 @@ class HFClipScorer:
         size = self.model.config.vision_config.image_size
         text = self.tokenizer(list(captions), padding=True, truncation=True, max_length=77, return_tensors="pt")
         img = self.model.get_image_features(pixel_values=clip_pixels(images, size).to(self.device))
-        txt = self.model.get_text_features(input_ids=text.input_ids.to(self.device), attention_mask=text.attention_mask.to(self.device))
+        txt = self.model.get_text_features(
+            input_ids=text.input_ids.to(self.device), attention_mask=text.attention_mask.to(self.device)
+        )
         return F.cosine_similarity(_features(img), _features(txt), dim=-1).float().cpu()
 
 

@@ -1,4 +1,5 @@
 """Typed configs with named presets (paper Table 8, App. A), saved as JSON beside every checkpoint."""
+
 from __future__ import annotations
 
 import copy
@@ -77,7 +78,9 @@ class ObjectiveConfig:
     unroll_text_steps: int = 12  # likewise for text (T = 12)
     mix: str = "mixsel"  # Sec. 3.4: "mixsel", "mixrandom" (no selector token, App. E) or "off"
     mix_weight: float = 0.5  # lambda_MS
-    cond_dropout: float = 0.0  # fraction of samples whose condition is replaced by the null one (classifier-free guidance)
+    cond_dropout: float = (
+        0.0  # fraction of samples whose condition is replaced by the null one (classifier-free guidance)
+    )
     ar_condition_weight: float = 0.1  # ARGVLT: loss weight on the condition (0.9 on the generated modality)
 
 
@@ -122,8 +125,12 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(model=MODEL_PRESETS["tiny"]),
     "tiny-ar": TrainConfig(model=dataclasses.replace(MODEL_PRESETS["tiny"], causal=True, official=False)),
     "small": TrainConfig(model=MODEL_PRESETS["small"], batch_size=128, lr=6e-4),
-    "base": TrainConfig(model=MODEL_PRESETS["base"], batch_size=4096, steps=40000, lr=4.5e-4, warmup_steps=2000, fsdp=True),
-    "large": TrainConfig(model=MODEL_PRESETS["large"], batch_size=4096, steps=40000, lr=3e-4, warmup_steps=2000, fsdp=True),
+    "base": TrainConfig(
+        model=MODEL_PRESETS["base"], batch_size=4096, steps=40000, lr=4.5e-4, warmup_steps=2000, fsdp=True
+    ),
+    "large": TrainConfig(
+        model=MODEL_PRESETS["large"], batch_size=4096, steps=40000, lr=3e-4, warmup_steps=2000, fsdp=True
+    ),
 }
 
 VQ_PRESETS: dict[str, VQConfig] = {
@@ -133,8 +140,14 @@ VQ_PRESETS: dict[str, VQConfig] = {
     # in 3 minutes, but the demo's MAGVLT learned far worse from these sparse tokens (README, "Open problems")
     "tiny-patch": VQConfig(arch="patch", num_res_blocks=2, n_embed=1024, dead_code_fraction=0.02),
     "f16_16384": VQConfig(
-        resolution=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,),
-        z_channels=256, embed_dim=256, n_embed=16384,
+        resolution=256,
+        ch=128,
+        ch_mult=(1, 1, 2, 2, 4),
+        num_res_blocks=2,
+        attn_resolutions=(16,),
+        z_channels=256,
+        embed_dim=256,
+        n_embed=16384,
     ),
 }
 

@@ -4,15 +4,17 @@ Stages (each cached under the output folder and reused by a second run unless `f
 disk -> caption BPE -> VQ-GAN -> pre-tokenized shards -> contrastive scorer -> MAGVLT (8:1:1 tasks, UnrollMask,
 MixSel) -> evaluation on `val` and `novel` with the judge -> samples.png, refinement.gif, loss.png, metrics.json.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -107,13 +109,15 @@ def calibrate_steps(train_cfg: TrainConfig, data_dir: Path, minutes: float) -> i
     batch = dataset.rows(np.arange(min(train_cfg.batch_size, len(dataset))))[0]
     weights = trained_task_weights(train_cfg.objective.task_weights, train_cfg.model.causal)
     bf16 = use_bf16(train_cfg.precision, "cpu")
-    seconds = sum(w * _step_seconds(model, optimizer, batch, train_cfg, task, bf16)
-                  for task, w in zip(TASKS, weights) if w > 0)
+    seconds = sum(
+        w * _step_seconds(model, optimizer, batch, train_cfg, task, bf16) for task, w in zip(TASKS, weights) if w > 0
+    )
     return max(20, int(minutes * 60 * sum(weights) / seconds))
 
 
-def _step_seconds(model, optimizer, batch: dict, cfg: TrainConfig, task, bf16: bool, warmup: int = 2,
-                  timed: int = 4) -> float:
+def _step_seconds(
+    model, optimizer, batch: dict, cfg: TrainConfig, task, bf16: bool, warmup: int = 2, timed: int = 4
+) -> float:
     """Mean wall time of one training step of `task` (forward, backward, AdamW) after `warmup` steps."""
     import torch
 
@@ -161,19 +165,45 @@ def prepare(cfg: DemoConfig) -> Prepared:
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
     for split, n in (("train", cfg.n_train), ("val", cfg.n_eval), ("novel", cfg.n_eval)):
-        stage(f"shapes world {split} ({n} pairs)", data / split,
-              lambda split=split, n=n: write_pairs(data / split, *render_split(split, n, cfg.seed, cfg.size)))
+        stage(
+            f"shapes world {split} ({n} pairs)",
+            data / split,
+            lambda split=split, n=n: write_pairs(data / split, *render_split(split, n, cfg.seed, cfg.size)),
+        )
     images, captions = load_pairs(data / "train")
-    text = stage("caption BPE", out / "text",
-                  lambda: CaptionBPE.train(captions, vocab_size=256, length=cfg.text_len).save(out / "text"))
-    vq = stage(f"VQ-GAN ({cfg.vq_minutes:g} min)", out / "vq",
-                lambda: train_vq(images, preset(VQ_PRESETS, "tiny"), minutes=cfg.vq_minutes, seed=cfg.seed,
-                                 out=out / "vq", progress=cfg.progress))
-    tokens = stage("pre-tokenize", out / "tokens",
-                    lambda: tokenize(images, captions, text, vq, out / "tokens", cfg.progress))
-    scorer = stage(f"contrastive scorer ({cfg.clip_minutes:g} min)", out / "clip",
-                    lambda: train_clip(images, captions, load_text_tokenizer(text), out / "clip",
-                                       minutes=cfg.clip_minutes, seed=cfg.seed, progress=cfg.progress))
+    text = stage(
+        "caption BPE",
+        out / "text",
+        lambda: CaptionBPE.train(captions, vocab_size=256, length=cfg.text_len).save(out / "text"),
+    )
+    vq = stage(
+        f"VQ-GAN ({cfg.vq_minutes:g} min)",
+        out / "vq",
+        lambda: train_vq(
+            images,
+            preset(VQ_PRESETS, "tiny"),
+            minutes=cfg.vq_minutes,
+            seed=cfg.seed,
+            out=out / "vq",
+            progress=cfg.progress,
+        ),
+    )
+    tokens = stage(
+        "pre-tokenize", out / "tokens", lambda: tokenize(images, captions, text, vq, out / "tokens", cfg.progress)
+    )
+    scorer = stage(
+        f"contrastive scorer ({cfg.clip_minutes:g} min)",
+        out / "clip",
+        lambda: train_clip(
+            images,
+            captions,
+            load_text_tokenizer(text),
+            out / "clip",
+            minutes=cfg.clip_minutes,
+            seed=cfg.seed,
+            progress=cfg.progress,
+        ),
+    )
     return Prepared(data, text, vq, tokens, scorer, stage)
 
 
@@ -183,8 +213,16 @@ def tokenize(images: np.ndarray, captions: list[str], text: Path, vq: Path, out:
     from magvlt.text import load_text_tokenizer
     from magvlt.vq import load_vq
 
-    return tokenize_pairs(images, captions, load_vq(vq), load_text_tokenizer(text), out, vq_dir=vq.resolve(),
-                          text_dir=text.resolve(), progress=progress)
+    return tokenize_pairs(
+        images,
+        captions,
+        load_vq(vq),
+        load_text_tokenizer(text),
+        out,
+        vq_dir=vq.resolve(),
+        text_dir=text.resolve(),
+        progress=progress,
+    )
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -214,8 +252,9 @@ def evaluate_and_draw(cfg: DemoConfig, out: Path, model_dir: Path, scorer_dir: P
     metrics = {"train": _train_summary(model_dir)}
     for split in ("val", "novel"):
         print(f"[demo] evaluating on {split} ...", flush=True)
-        metrics[split] = evaluate(pipe, f"shapes:{split}:{cfg.n_eval}", n=cfg.n_eval, seed=cfg.seed,
-                                  fid=None)  # FID: `magvlt eval` (CPU Inception is slow)
+        metrics[split] = evaluate(
+            pipe, f"shapes:{split}:{cfg.n_eval}", n=cfg.n_eval, seed=cfg.seed, fid=None
+        )  # FID: `magvlt eval` (CPU Inception is slow)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     atomic_write_text(out / "metrics.md", "\n\n".join(f"### {s}\n\n{markdown(metrics[s])}" for s in ("val", "novel")))
     shutil.copy(model_dir / "loss.png", out / "loss.png")
@@ -265,8 +304,10 @@ def summary(metrics: dict, out: Path) -> str:
     lines = [f"[demo] done: {out}/samples.png, refinement.gif, loss.png, metrics.json  (judged: {protocol})"]
     train = metrics.get("train", {})
     if train:
-        lines.append(f"  MAGVLT: {train['step']} updates in {train.get('elapsed', 0) / 60:.1f} min, "
-                     f"{train.get('precision', 'fp32')} arithmetic")
+        lines.append(
+            f"  MAGVLT: {train['step']} updates in {train.get('elapsed', 0) / 60:.1f} min, "
+            f"{train.get('precision', 'fp32')} arithmetic"
+        )
     for split in ("val", "novel"):
         m = metrics[split]
         lines.append(
@@ -324,8 +365,12 @@ def draw_refinement(pipe, path: Path, seed: int) -> None:
     from magvlt.eval.figures import Tile, animate
 
     images, captions = render_split("val", 1, seed=seed + 2, size=pipe.image_size[0])
-    image_frames = pipe(captions, generator=_generators(seed, 1), num_candidates=1, output_intermediates=True).intermediates
-    text_frames = pipe.caption(images, generator=_generators(seed, 1), num_candidates=1, output_intermediates=True).intermediates
+    image_frames = pipe(
+        captions, generator=_generators(seed, 1), num_candidates=1, output_intermediates=True
+    ).intermediates
+    text_frames = pipe.caption(
+        images, generator=_generators(seed, 1), num_candidates=1, output_intermediates=True
+    ).intermediates
     frames = []
     for t in range(max(len(image_frames[0]), len(text_frames[0]))):
         im = image_frames[0][min(t, len(image_frames[0]) - 1)]

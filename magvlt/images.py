@@ -8,6 +8,7 @@ is applied; grayscale is repeated to three channels; alpha (and palette transpar
 Whatever cannot be read raises `BadSample` with a short reason, so a reader can skip and count it. `fit_image`
 scales the shorter side to the target with bilinear resampling and cuts the center.
 """
+
 from __future__ import annotations
 
 import io

@@ -5,10 +5,11 @@ schedule or an input layout is defined once. Random draws take one torch.Generat
 list, row b's draws come from generator b alone, so a row's output does not depend on what else is in the batch.
 Draws happen on the generator's device and are moved to the batch's, so a CPU generator can drive a GPU batch.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

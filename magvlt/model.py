@@ -11,6 +11,7 @@ own special-token and special-position tables, the layouts [BOC BOT text BOG BOI
 the LMLayer head and a bias-free length head; `Transformer.official` runs it. Callers keep unified ids
 (`magvlt.objectives.official_inputs` translates them) and hidden states work as above.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,7 +30,18 @@ from magvlt.errors import UserError
 SPECIAL_TOKENS = ("<BOI>", "<BOT>", "<MASK>", "<LEFT>", "<RIGHT>", "<TOP>", "<BOTTOM>", "<SEP>", "<PAD>")
 SLOTS = ("<BOI>", "<BOT>", "<SEL>")  # position slots of special tokens
 # the released model's special-token table (docs/official.md section 4), in its row order
-OFFICIAL_SPECIALS = ("BOI", "BOT", "BOC", "BOG", "MASK_IMG", "MASK_TXT", "BOG_LEFT", "BOG_RIGHT", "BOG_TOP", "BOG_BOTTOM")
+OFFICIAL_SPECIALS = (
+    "BOI",
+    "BOT",
+    "BOC",
+    "BOG",
+    "MASK_IMG",
+    "MASK_TXT",
+    "BOG_LEFT",
+    "BOG_RIGHT",
+    "BOG_TOP",
+    "BOG_BOTTOM",
+)
 SPC = {name: i for i, name in enumerate(OFFICIAL_SPECIALS)}
 LENGTH_QUERY = 16  # the official length query masks (and shows) the first 16 text positions (sampling_i2t.py)
 
@@ -103,7 +115,10 @@ def magvlt_sequence(cfg: ModelConfig, image: torch.Tensor, text: torch.Tensor, s
     vocab, pos, b = Vocab.of(cfg), positions(cfg), image.shape[0]
     boi = torch.full((b, 1), vocab.BOI, dtype=torch.long, device=image.device)
     bot = torch.full((b, 1), vocab.BOT, dtype=torch.long, device=image.device)
-    parts, pos_parts = [boi, image, bot, text], [[pos["<BOI>"]], pos["image"].tolist(), [pos["<BOT>"]], pos["text"].tolist()]
+    parts, pos_parts = (
+        [boi, image, bot, text],
+        [[pos["<BOI>"]], pos["image"].tolist(), [pos["<BOT>"]], pos["text"].tolist()],
+    )
     if selector is not None:
         parts.insert(0, selector.view(b, 1).to(image.device))
         pos_parts.insert(0, [pos["<SEL>"]])
@@ -111,7 +126,9 @@ def magvlt_sequence(cfg: ModelConfig, image: torch.Tensor, text: torch.Tensor, s
     position_ids = torch.tensor(sum(pos_parts, []), device=image.device)
     off = 1 if selector is not None else 0
     n_i = image.shape[1]
-    segs = Segments(image=slice(off + 1, off + 1 + n_i), text=slice(off + 2 + n_i, off + 2 + n_i + text.shape[1]), bot=off + 1 + n_i)
+    segs = Segments(
+        image=slice(off + 1, off + 1 + n_i), text=slice(off + 2 + n_i, off + 2 + n_i + text.shape[1]), bot=off + 1 + n_i
+    )
     return tokens, position_ids, segs
 
 
@@ -165,8 +182,9 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
         if attn_mask is not None:
@@ -207,8 +225,9 @@ class Block(nn.Module):
         self.ln1, self.attn = nn.LayerNorm(cfg.n_embd), SelfAttention(cfg)
         self.ln2, self.mlp = nn.LayerNorm(cfg.n_embd), MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), cache, layer, attn_mask)
         return x + self.mlp(self.ln2(x))
 
@@ -247,7 +266,9 @@ class Transformer(nn.Module):
         self.cfg, self.vocab = cfg, Vocab.of(cfg)
         n_i, n_t, d = cfg.image_tokens, cfg.text_len, cfg.n_embd
         if cfg.official and cfg.causal:
-            raise UserError("the official architecture is bidirectional (MAGVLT); ARGVLT uses magvlt's (official = false)")
+            raise UserError(
+                "the official architecture is bidirectional (MAGVLT); ARGVLT uses magvlt's (official = false)"
+            )
         if cfg.official:  # Transformer1d + LMLayer (docs/official.md sections 2, 4, 6)
             self.tok_emb = nn.Embedding(cfg.image_vocab + cfg.text_vocab, d)
             self.spc_emb = nn.Embedding(len(OFFICIAL_SPECIALS), d)
@@ -294,8 +315,16 @@ class Transformer(nn.Module):
         """The text id that pads official captions: <|endoftext|>, the last id of every magvlt text vocabulary."""
         return self.cfg.text_vocab - 1
 
-    def official(self, task: Task, image: torch.Tensor, image_masked: torch.Tensor, text: torch.Tensor,
-                 text_masked: torch.Tensor, length: torch.Tensor, bog: torch.Tensor | None = None) -> torch.Tensor:
+    def official(
+        self,
+        task: Task,
+        image: torch.Tensor,
+        image_masked: torch.Tensor,
+        text: torch.Tensor,
+        text_masked: torch.Tensor,
+        length: torch.Tensor,
+        bog: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Block outputs [B, S, D] of the official layout of `task` (T2I or I2T) from image codes [B, N_I], raw text
         ids [B, L] (EOS-padded), masked positions, caption lengths [B] and MixSel's BOG_* rows [B] in the <BOG>
         slot (docs/official.md sections 4-5; None: <BOG>, as at sampling)."""
@@ -310,8 +339,9 @@ class Transformer(nn.Module):
         the official order, around the four layout tokens (each + special position row 0..3)."""
         spc, pos_spc = self.spc_emb.weight, self.pos_spc.weight
         img = self._modality(self.tok_emb(image), self.pos_img.weight, image_masked, spc[SPC["MASK_IMG"]], pos_spc)
-        txt = self._modality(self.tok_emb(text + self.cfg.image_vocab), self.pos_txt.weight, text_masked,
-                             spc[SPC["MASK_TXT"]], pos_spc)
+        txt = self._modality(
+            self.tok_emb(text + self.cfg.image_vocab), self.pos_txt.weight, text_masked, spc[SPC["MASK_TXT"]], pos_spc
+        )
         order = ("BOC", "BOT", "BOG", "BOI") if task == Task.T2I else ("BOC", "BOI", "BOG", "BOT")
         ids = torch.tensor([SPC[name] for name in order], device=image.device).expand(image.shape[0], 4)
         if bog is not None:

@@ -10,11 +10,11 @@ which positions are predicted, and their ground truth. Masks, schedules and fed 
 `magvlt.masking`, which decoding shares. Every random draw goes through the caller's torch.Generator (drawn on
 its own device, so a CPU generator drives a CUDA batch deterministically). Dropout uses torch's global RNG.
 """
+
 from __future__ import annotations
 
 import bisect
 import itertools
-import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -45,7 +45,9 @@ REMASK_MODES = ("confidence", "random")
 def sample_task(weights, generator: torch.Generator) -> Task:
     """One task for the whole batch from the categorical T2I : I2T : IT2IT weights (Sec. 3.5)."""
     if len(weights) != len(TASKS) or any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise UserError(f"task_weights must be 3 non-negative numbers (T2I, I2T, IT2IT) with a positive sum, got {weights}")
+        raise UserError(
+            f"task_weights must be 3 non-negative numbers (T2I, I2T, IT2IT) with a positive sum, got {weights}"
+        )
     u = uniform((), generator, "cpu", torch.float64).item() * sum(weights)
     last = max(i for i, w in enumerate(weights) if w > 0)
     return TASKS[min(bisect.bisect_right(list(itertools.accumulate(weights)), u), last)]
@@ -74,8 +76,15 @@ class Example:
     selector: torch.Tensor | None = None  # [B] MixSel selector token ids
 
 
-def mask_task(task: Task, vocab: Vocab, image: torch.Tensor, text: torch.Tensor, length: torch.Tensor,
-              generator: torch.Generator, selector: torch.Tensor | None = None) -> Example:
+def mask_task(
+    task: Task,
+    vocab: Vocab,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    length: torch.Tensor,
+    generator: torch.Generator,
+    selector: torch.Tensor | None = None,
+) -> Example:
     """The masked input of a task (Sec. 3.1): T2I masks the image, I2T the text, IT2IT both.
 
     One r ~ U[0, 1) per sample; in IT2IT it sets both ratios (g_I(r) for the image, g_T(r) for the text), as
@@ -91,8 +100,14 @@ def mask_task(task: Task, vocab: Vocab, image: torch.Tensor, text: torch.Tensor,
     return Example(
         image=vocab.image(image).masked_fill(image_mask, vocab.MASK),
         text=text_input(vocab, text, length).masked_fill(text_mask, vocab.MASK),
-        image_mask=image_mask, text_mask=text_mask, image_target=image, text_target=text,
-        length=length, r=r, task=task, selector=selector,
+        image_mask=image_mask,
+        text_mask=text_mask,
+        image_target=image,
+        text_target=text,
+        length=length,
+        r=r,
+        task=task,
+        selector=selector,
     )
 
 
@@ -157,7 +172,9 @@ def _hidden(model: Transformer, ex: Example):
     """Hidden states and segments of an example, in the model's layout."""
     if model.cfg.official:
         layout = Task.T2I if ex.task == Task.T2I else Task.I2T
-        return model.official(layout, *official_inputs(model, ex.image, ex.text, ex.selector)), official_segments(layout, model.cfg)
+        return model.official(layout, *official_inputs(model, ex.image, ex.text, ex.selector)), official_segments(
+            layout, model.cfg
+        )
     tokens, position_ids, segs = magvlt_sequence(model.cfg, ex.image, ex.text, ex.selector)
     return model(tokens, position_ids), segs
 
@@ -187,7 +204,9 @@ def length_loss(model: Transformer, image: torch.Tensor, length: torch.Tensor) -
     would be given away, so this is its own forward rather than the main one's <BOT> output.
     """
     if model.cfg.official:  # the official length query (docs/official.md section 6)
-        logits = model.official_length_logits(image.masked_fill(image == model.vocab.MASK, 0), image == model.vocab.MASK)
+        logits = model.official_length_logits(
+            image.masked_fill(image == model.vocab.MASK, 0), image == model.vocab.MASK
+        )
     else:
         text = length_query_text(model.cfg, image.shape[0], image.device)
         tokens, position_ids, segs = magvlt_sequence(model.cfg, image, text)
@@ -209,8 +228,15 @@ def unroll_counts(first: torch.Tensor, r: torch.Tensor, n: torch.Tensor, steps: 
     return torch.where(first > 1, torch.minimum(nxt.clamp(min=1), first - 1), 0)
 
 
-def unroll_mask(ex: Example, modality: str, sampled: torch.Tensor, confidence: torch.Tensor, vocab: Vocab,
-                cfg: ObjectiveConfig, generator: torch.Generator) -> Example:
+def unroll_mask(
+    ex: Example,
+    modality: str,
+    sampled: torch.Tensor,
+    confidence: torch.Tensor,
+    vocab: Vocab,
+    cfg: ObjectiveConfig,
+    generator: torch.Generator,
+) -> Example:
     """UnrollMask's input (Sec. 3.3): the one-step prediction filled in, then re-masked at the next step.
 
     `sampled` and `confidence` [M] are the tokens sampled at the masked positions of `modality` (row-major)
@@ -226,7 +252,9 @@ def unroll_mask(ex: Example, modality: str, sampled: torch.Tensor, confidence: t
         fed, first, n = ex.text, ex.text_mask, ex.length
         steps, schedule, offset = cfg.unroll_text_steps, linear_schedule, vocab.text_offset
     filled = fed.masked_scatter(first, sampled + offset)
-    scores = confidence if cfg.unroll_remask == "confidence" else uniform(confidence.shape, generator, confidence.device)
+    scores = (
+        confidence if cfg.unroll_remask == "confidence" else uniform(confidence.shape, generator, confidence.device)
+    )
     scores = torch.full(first.shape, 2.0, device=first.device).masked_scatter(first, scores.float())
     second = lowest_scores(scores, unroll_counts(first.sum(dim=1), ex.r, n, steps, schedule))
     fields = {modality: filled.masked_fill(second, vocab.MASK), f"{modality}_mask": second}
@@ -243,13 +271,16 @@ def join_halves(first: torch.Tensor, second: torch.Tensor, grid: tuple[int, int]
     shape = (h // 2, w) if vertical else (h, w // 2)
     if h % 2 or w % 2 or first.shape[1:] != (shape[0] * shape[1],) or second.shape != first.shape:
         name = "image_half_h" if vertical else "image_half_w"
-        raise UserError(f"{name} must be [B, {shape[0] * shape[1]}] codes of a {shape[0]}x{shape[1]} grid, got {tuple(first.shape)}")
+        raise UserError(
+            f"{name} must be [B, {shape[0] * shape[1]}] codes of a {shape[0]}x{shape[1]} grid, got {tuple(first.shape)}"
+        )
     joined = torch.cat([first.view(-1, *shape), second.view(-1, *shape)], dim=1 if vertical else 2)
     return joined.flatten(1)
 
 
-def join_captions(vocab: Vocab, first: torch.Tensor, first_len: torch.Tensor, second: torch.Tensor,
-                  second_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def join_captions(
+    vocab: Vocab, first: torch.Tensor, first_len: torch.Tensor, second: torch.Tensor, second_len: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Two raw captions joined as [sot c1 <SEP> c2 eot] in unified ids [B, L], and the joined lengths (Sec. 3.4).
 
     c1 drops its eot and c2 its sot. Beyond L, the longer content is cut at its end so that each keeps at
@@ -275,8 +306,14 @@ def _halves(batch: dict[str, torch.Tensor]) -> list[tuple[str, bool]]:
     return [(key, vertical) for key, vertical in (("image_half_w", False), ("image_half_h", True)) if key in batch]
 
 
-def mix_select(task: Task, vocab: Vocab, grid: tuple[int, int], batch: dict[str, torch.Tensor], mode: str,
-               generator: torch.Generator) -> Example | None:
+def mix_select(
+    task: Task,
+    vocab: Vocab,
+    grid: tuple[int, int],
+    batch: dict[str, torch.Tensor],
+    mode: str,
+    generator: torch.Generator,
+) -> Example | None:
     """MixSel (Sec. 3.4) or MixRandom (App. E, no selector): two pairs mixed half and half, one selected.
 
     Sample b is paired with sample b-1 (the batch rolled by one); b's context comes first (left, top or
@@ -302,12 +339,16 @@ def mix_select(task: Task, vocab: Vocab, grid: tuple[int, int], batch: dict[str,
         if len(joined) == 2:
             vertical = uniform((b,), generator, device) < 0.5
             joined = [torch.where(vertical[:, None], joined[1], joined[0])]
-        selector = torch.where(vertical, torch.where(second, vocab.BOTTOM, vocab.TOP), torch.where(second, vocab.RIGHT, vocab.LEFT))
+        selector = torch.where(
+            vertical, torch.where(second, vocab.BOTTOM, vocab.TOP), torch.where(second, vocab.RIGHT, vocab.LEFT)
+        )
         ex = mask_task(Task.I2T, vocab, joined[0], pick(text), pick(length), generator)
     else:
         joined, joined_length = join_captions(vocab, text, length, text.roll(1, dims=0), length.roll(1, dims=0))
         selector = torch.where(second, vocab.RIGHT, vocab.LEFT)
-        ex = replace(mask_task(Task.T2I, vocab, pick(image), text, length, generator), text=joined, length=joined_length)
+        ex = replace(
+            mask_task(Task.T2I, vocab, pick(image), text, length, generator), text=joined, length=joined_length
+        )
     return replace(ex, selector=selector if mode == "mixsel" else None)
 
 
@@ -329,8 +370,9 @@ def _check(model: Transformer, batch: dict[str, torch.Tensor], cfg: ObjectiveCon
         raise UserError(f"objective.unroll_remask must be one of {REMASK_MODES}, got {cfg.unroll_remask!r}")
 
 
-def magvlt_loss(model: Transformer, batch: dict[str, torch.Tensor], cfg: ObjectiveConfig, task: Task,
-                generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def magvlt_loss(
+    model: Transformer, batch: dict[str, torch.Tensor], cfg: ObjectiveConfig, task: Task, generator: torch.Generator
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """MAGVLT's objective for one task (Sec. 3.5, Eq. 6): L_mask + l_TL L_TL + l_UM L_UM + l_MS L_MS.
 
     Forwards: the masked input; the length query (I2T, IT2IT); the unrolled input (T2I, I2T), which reuses
@@ -363,8 +405,9 @@ def magvlt_loss(model: Transformer, batch: dict[str, torch.Tensor], cfg: Objecti
     return total, terms
 
 
-def argvlt_loss(model: Transformer, batch: dict[str, torch.Tensor], cfg: ObjectiveConfig, task: Task,
-                generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def argvlt_loss(
+    model: Transformer, batch: dict[str, torch.Tensor], cfg: ObjectiveConfig, task: Task, generator: torch.Generator
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """ARGVLT's next-token prediction (Sec. 4.1, App. A): weight 1 - w on the generated modality, w on the condition.
 
     Targets: every image token and every real text token (sot and eot included, padding never), each predicted
@@ -399,8 +442,9 @@ def argvlt_loss(model: Transformer, batch: dict[str, torch.Tensor], cfg: Objecti
     return (1 - w) * terms[generated] + w * terms[condition], terms
 
 
-def training_loss(model: Transformer, batch: dict[str, torch.Tensor], cfg: ObjectiveConfig, task: Task,
-                  generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+def training_loss(
+    model: Transformer, batch: dict[str, torch.Tensor], cfg: ObjectiveConfig, task: Task, generator: torch.Generator
+) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of one batch for the task the caller drew for it (Sec. 3.5, `sample_task`); ARGVLT when causal.
 
     Metrics: "loss", "task" (index into TASKS) and "<task>/<term>" for each loss term and accuracy of that task.

@@ -12,13 +12,15 @@ names another. With more than one candidate per input, the best is kept: by the 
 Sec. 4.2-4.3) if one is loaded, else by the model's mean log-probability. An ARGVLT run (config model.causal)
 does T2I and I2T only; an option that does not apply to the run is an error, never silently ignored.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,14 +92,23 @@ def _check_run(run: Path) -> None:
         raise UserError(f"model directory {run} does not exist")
     missing = [n for n in (paths.CONFIG, paths.WEIGHTS, paths.TEXT_DIR, paths.VQ_DIR) if not (run / n).exists()]
     if missing:
-        raise UserError(f"{run} is not a complete run directory: missing {', '.join(missing)} (train one with `magvlt train`)")
+        raise UserError(
+            f"{run} is not a complete run directory: missing {', '.join(missing)} (train one with `magvlt train`)"
+        )
 
 
 class MAGVLTPipeline:
     """A trained MAGVLT (or ARGVLT) with its text tokenizer and VQ-GAN, optionally a reranking scorer."""
 
-    def __init__(self, model: Transformer, tokenizer, vq, scorer: Scorer | None = None, preset: Preset | None = None,
-                 guidance_trained: bool = False):
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer,
+        vq,
+        scorer: Scorer | None = None,
+        preset: Preset | None = None,
+        guidance_trained: bool = False,
+    ):
         self.model, self.tokenizer, self.vq, self.scorer = model.eval(), tokenizer, vq, scorer
         self.cfg = model.cfg
         self.preset = preset or get_preset("default")
@@ -123,12 +134,16 @@ class MAGVLTPipeline:
         try:
             model.load_state_dict(load_weights(run / paths.WEIGHTS))
         except RuntimeError as e:
-            raise UserError(f"{run / paths.WEIGHTS} does not match {run / paths.CONFIG}: {str(e).splitlines()[0]}") from None
+            raise UserError(
+                f"{run / paths.WEIGHTS} does not match {run / paths.CONFIG}: {str(e).splitlines()[0]}"
+            ) from None
         tokenizer, vq = load_text_tokenizer(run / paths.TEXT_DIR), load_vq(run / paths.VQ_DIR)
         cfg = train_cfg.model
         if (tokenizer.vocab_size, tokenizer.length) != (cfg.text_vocab, cfg.text_len):
-            raise UserError(f"{run / paths.TEXT_DIR} ({tokenizer.vocab_size} ids, length {tokenizer.length}) does not "
-                            f"fit the model ({cfg.text_vocab} ids, length {cfg.text_len})")
+            raise UserError(
+                f"{run / paths.TEXT_DIR} ({tokenizer.vocab_size} ids, length {tokenizer.length}) does not "
+                f"fit the model ({cfg.text_vocab} ids, length {cfg.text_len})"
+            )
         if vq.cfg.n_embed != cfg.image_vocab:
             raise UserError(f"{run / paths.VQ_DIR} has {vq.cfg.n_embed} codes but the model expects {cfg.image_vocab}")
         if scorer is None and (run / paths.SCORER_DIR).is_dir():
@@ -212,8 +227,13 @@ class MAGVLTPipeline:
                 continue
             length = plain_lengths[k]
             start = len(self.tokenizer.start_ids)  # the central half of the tokens between start and end
-            rows.append((plain_ids[k], length,
-                         sampling.central_span(length[None] - start - 1, self.tokenizer.length, start=start)[0]))
+            rows.append(
+                (
+                    plain_ids[k],
+                    length,
+                    sampling.central_span(length[None] - start - 1, self.tokenizer.length, start=start)[0],
+                )
+            )
             k += 1
         ids, lengths, spans = zip(*rows)
         return torch.stack(ids), torch.stack(lengths), torch.stack(spans)
@@ -230,10 +250,15 @@ class MAGVLTPipeline:
             ids, span = ids + part_ids, span + [False] * len(part_ids)
         ids, span = ids + [tok.eot_id], span + [False]
         if len(ids) > tok.length:
-            raise UserError(f"text {n + 1} is {len(ids) - 2} tokens with its masks; this model reads at most {tok.length - 2}")
+            raise UserError(
+                f"text {n + 1} is {len(ids) - 2} tokens with its masks; this model reads at most {tok.length - 2}"
+            )
         pad = tok.length - len(ids)
-        return (torch.tensor(ids + [0] * pad, device=self.device), torch.tensor(len(ids), device=self.device),
-                torch.tensor(span + [False] * pad, device=self.device))
+        return (
+            torch.tensor(ids + [0] * pad, device=self.device),
+            torch.tensor(len(ids), device=self.device),
+            torch.tensor(span + [False] * pad, device=self.device),
+        )
 
     # ---------------------------------------------------------------- options
 
@@ -243,8 +268,10 @@ class MAGVLTPipeline:
         if guidance_scale > 1 and self.cfg.causal:
             raise UserError("classifier-free guidance applies to MAGVLT's parallel decoding, not to ARGVLT runs")
         if guidance_scale > 1 and not self.guidance_trained:
-            raise UserError("this run was trained without condition dropout (objective.cond_dropout = 0), so it has "
-                            "no unconditional model to guide against; use guidance_scale <= 1")
+            raise UserError(
+                "this run was trained without condition dropout (objective.cond_dropout = 0), so it has "
+                "no unconditional model to guide against; use guidance_scale <= 1"
+            )
         if steps is not None and self.cfg.causal:
             raise UserError("num_inference_steps applies to MAGVLT; an ARGVLT run decodes one token per step")
         if steps is not None:
@@ -302,10 +329,19 @@ class MAGVLTPipeline:
 
     # ---------------------------------------------------------------- tasks
 
-    def __call__(self, prompt: str | Sequence[str], *, num_inference_steps: int | None = None,
-                 guidance_scale: float = 1.0, generator: Generators | None = None, num_candidates: int | None = None,
-                 preset: str | Preset | None = None, output_intermediates: bool = False,
-                 callback_on_step_end: StepEndCallback | None = None, batch_size: int = 32) -> ImagePipelineOutput:
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        *,
+        num_inference_steps: int | None = None,
+        guidance_scale: float = 1.0,
+        generator: Generators | None = None,
+        num_candidates: int | None = None,
+        preset: str | Preset | None = None,
+        output_intermediates: bool = False,
+        callback_on_step_end: StepEndCallback | None = None,
+        batch_size: int = 32,
+    ) -> ImagePipelineOutput:
         """Text to image (Sec. 4.2): MaskGIT decoding (ARGVLT: token by token), the best of num_candidates kept."""
         self._require_magvlt("text-to-image", output_intermediates or callback_on_step_end is not None)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -319,21 +355,38 @@ class MAGVLTPipeline:
             text, length = ids[sl].repeat_interleave(k, 0), lengths[sl].repeat_interleave(k, 0)
             if self.cfg.causal:
                 s = preset.image
-                out = sampling.ar_generate_images(self.model, text, length, temperature=s.temperature, top_k=s.top_k,
-                                                  top_p=s.top_p, generator=gen)
+                out = sampling.ar_generate_images(
+                    self.model, text, length, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=gen
+                )
             else:
-                out = sampling.generate_images(self.model, text, length, preset.image, guidance_scale=guidance_scale,
-                                               generator=gen, trace=output_intermediates,
-                                               callback=self._callback(callback_on_step_end, sl))
+                out = sampling.generate_images(
+                    self.model,
+                    text,
+                    length,
+                    preset.image,
+                    guidance_scale=guidance_scale,
+                    generator=gen,
+                    trace=output_intermediates,
+                    callback=self._callback(callback_on_step_end, sl),
+                )
             out, pixels, _ = self._best(out, k, self.decode_images(out), [p for p in prompts[sl] for _ in range(k)])
             images += [Image.fromarray(p) for p in pixels]
             frames += self._image_frames(out) if output_intermediates else []
         return ImagePipelineOutput(images, frames if output_intermediates else None)
 
-    def caption(self, image, *, num_inference_steps: int | None = None, guidance_scale: float = 1.0,
-                generator: Generators | None = None, num_candidates: int | None = None,
-                preset: str | Preset | None = None, output_intermediates: bool = False,
-                callback_on_step_end: StepEndCallback | None = None, batch_size: int = 32) -> TextPipelineOutput:
+    def caption(
+        self,
+        image,
+        *,
+        num_inference_steps: int | None = None,
+        guidance_scale: float = 1.0,
+        generator: Generators | None = None,
+        num_candidates: int | None = None,
+        preset: str | Preset | None = None,
+        output_intermediates: bool = False,
+        callback_on_step_end: StepEndCallback | None = None,
+        batch_size: int = 32,
+    ) -> TextPipelineOutput:
         """Image to text (Sec. 4.3): the length from <BOT>, then Mask-Predict; the best of num_candidates kept."""
         self._require_magvlt("captioning", output_intermediates or callback_on_step_end is not None)
         images = as_list(image)
@@ -347,21 +400,44 @@ class MAGVLTPipeline:
             codes_k = codes[sl].repeat_interleave(k, 0)
             if self.cfg.causal:
                 s = preset.text
-                out = sampling.ar_generate_text(self.model, codes_k, end_id=self.tokenizer.eot_id,
-                                                temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=gen)
+                out = sampling.ar_generate_text(
+                    self.model,
+                    codes_k,
+                    end_id=self.tokenizer.eot_id,
+                    temperature=s.temperature,
+                    top_k=s.top_k,
+                    top_p=s.top_p,
+                    generator=gen,
+                )
             else:
-                out = sampling.generate_text(self.model, codes_k, preset.text, guidance_scale=guidance_scale,
-                                             generator=gen, trace=output_intermediates,
-                                             callback=self._callback(callback_on_step_end, sl))
+                out = sampling.generate_text(
+                    self.model,
+                    codes_k,
+                    preset.text,
+                    guidance_scale=guidance_scale,
+                    generator=gen,
+                    trace=output_intermediates,
+                    callback=self._callback(callback_on_step_end, sl),
+                )
             out, _, written = self._best(out, k, pixels[sl].repeat(k, axis=0), self.decode_texts(out))
             texts += written
             frames += self._text_frames(out) if output_intermediates else []
         return TextPipelineOutput(texts, frames if output_intermediates else None)
 
-    def inpaint(self, image, mask_image=None, prompt: str | Sequence[str] = "", *, num_inference_steps: int | None = None,
-                guidance_scale: float = 1.0, generator: Generators | None = None, num_candidates: int | None = None,
-                preset: str | Preset | None = None, output_intermediates: bool = False,
-                callback_on_step_end: StepEndCallback | None = None) -> ImagePipelineOutput:
+    def inpaint(
+        self,
+        image,
+        mask_image=None,
+        prompt: str | Sequence[str] = "",
+        *,
+        num_inference_steps: int | None = None,
+        guidance_scale: float = 1.0,
+        generator: Generators | None = None,
+        num_candidates: int | None = None,
+        preset: str | Preset | None = None,
+        output_intermediates: bool = False,
+        callback_on_step_end: StepEndCallback | None = None,
+    ) -> ImagePipelineOutput:
         """Inpainting / IT2I editing (Sec. 4.2): regenerate the tokens under the white part of mask_image (the
         input's size; `magvlt.images.mask_tokens` gives the rule) from the rest and the prompt, then blend the
         new pixels in along the mask boundary. mask_image None: the central half of the token grid (Sec. 4.2)."""
@@ -375,11 +451,18 @@ class MAGVLTPipeline:
         masks = torch.stack([self._token_mask(im, m) for im, m in zip(images, self._masks(mask_image, len(images)))])
         pixels, codes = self.encode_images(images)
         ids, lengths = self.encode_text(prompts)
-        out = sampling.inpaint(self.model, codes.repeat_interleave(k, 0), masks.repeat_interleave(k, 0),
-                               ids.repeat_interleave(k, 0), lengths.repeat_interleave(k, 0), preset.image,
-                               guidance_scale=guidance_scale, generator=self._generators(generator, len(images), k),
-                               trace=output_intermediates,
-                               callback=self._callback(callback_on_step_end, slice(0, len(images))))
+        out = sampling.inpaint(
+            self.model,
+            codes.repeat_interleave(k, 0),
+            masks.repeat_interleave(k, 0),
+            ids.repeat_interleave(k, 0),
+            lengths.repeat_interleave(k, 0),
+            preset.image,
+            guidance_scale=guidance_scale,
+            generator=self._generators(generator, len(images), k),
+            trace=output_intermediates,
+            callback=self._callback(callback_on_step_end, slice(0, len(images))),
+        )
         out, generated, _ = self._best(out, k, self.decode_images(out), [p for p in prompts for _ in range(k)])
         grid = self.cfg.image_grid
         if self.released:  # sample_it2i returns the decoded code grid, unblended
@@ -405,10 +488,19 @@ class MAGVLTPipeline:
             raise UserError(f"the mask is {mask_size[0]}x{mask_size[1]} but the image is {size[0]}x{size[1]}")
         return mask_tokens(mask_image, self.image_size, self.cfg.image_grid).to(self.device)
 
-    def infill(self, image, text: str | Sequence[str], *, num_inference_steps: int | None = None,
-               guidance_scale: float = 1.0, generator: Generators | None = None, num_candidates: int | None = None,
-               preset: str | Preset | None = None, output_intermediates: bool = False,
-               callback_on_step_end: StepEndCallback | None = None) -> TextPipelineOutput:
+    def infill(
+        self,
+        image,
+        text: str | Sequence[str],
+        *,
+        num_inference_steps: int | None = None,
+        guidance_scale: float = 1.0,
+        generator: Generators | None = None,
+        num_candidates: int | None = None,
+        preset: str | Preset | None = None,
+        output_intermediates: bool = False,
+        callback_on_step_end: StepEndCallback | None = None,
+    ) -> TextPipelineOutput:
         """Text infilling / IT2T editing (Sec. 4.3): regenerate the [MASK] tokens (none: the central half of the
         text's tokens) given the rest and the image."""
         self._require_magvlt("text infilling")
@@ -420,17 +512,32 @@ class MAGVLTPipeline:
         k = _candidates(num_candidates, preset.text_candidates)
         pixels, codes = self.encode_images(images)
         ids, lengths, span = self.encode_masked_text(texts)
-        out = sampling.infill(self.model, codes.repeat_interleave(k, 0), ids.repeat_interleave(k, 0),
-                              lengths.repeat_interleave(k, 0), span.repeat_interleave(k, 0), preset.text,
-                              guidance_scale=guidance_scale, generator=self._generators(generator, len(images), k),
-                              trace=output_intermediates,
-                              callback=self._callback(callback_on_step_end, slice(0, len(images))))
+        out = sampling.infill(
+            self.model,
+            codes.repeat_interleave(k, 0),
+            ids.repeat_interleave(k, 0),
+            lengths.repeat_interleave(k, 0),
+            span.repeat_interleave(k, 0),
+            preset.text,
+            guidance_scale=guidance_scale,
+            generator=self._generators(generator, len(images), k),
+            trace=output_intermediates,
+            callback=self._callback(callback_on_step_end, slice(0, len(images))),
+        )
         out, _, written = self._best(out, k, pixels.repeat(k, axis=0), self.decode_texts(out))
         return TextPipelineOutput(written, self._text_frames(out) if output_intermediates else None)
 
-    def generate_pairs(self, n: int, *, num_inference_steps: int | None = None, generator: Generators | None = None,
-                       preset: str | Preset | None = None, output_intermediates: bool = False,
-                       callback_on_step_end: StepEndCallback | None = None, batch_size: int = 32) -> PairsPipelineOutput:
+    def generate_pairs(
+        self,
+        n: int,
+        *,
+        num_inference_steps: int | None = None,
+        generator: Generators | None = None,
+        preset: str | Preset | None = None,
+        output_intermediates: bool = False,
+        callback_on_step_end: StepEndCallback | None = None,
+        batch_size: int = 32,
+    ) -> PairsPipelineOutput:
         """Unconditional image + caption pairs (App. D), both refined in the image scheduler's steps."""
         self._require_magvlt("joint generation")
         if n < 1:
@@ -441,9 +548,16 @@ class MAGVLTPipeline:
         images, texts, frames = [], [], []
         for sl in self._chunks(n, batch_size):
             gen = generator[sl] if isinstance(generator, list) else generator
-            out = sampling.generate_pairs(self.model, sl.stop - sl.start, preset.image, text_scheduler, generator=gen,
-                                          device=self.device, trace=output_intermediates,
-                                          callback=self._callback(callback_on_step_end, sl))
+            out = sampling.generate_pairs(
+                self.model,
+                sl.stop - sl.start,
+                preset.image,
+                text_scheduler,
+                generator=gen,
+                device=self.device,
+                trace=output_intermediates,
+                callback=self._callback(callback_on_step_end, sl),
+            )
             images += [Image.fromarray(p) for p in self.decode_images(out)]
             texts += self.decode_texts(out)
             if output_intermediates:

@@ -4,6 +4,7 @@ CUDA GPUs since Ampere and CPUs with native bf16 instructions (AVX512_BF16, AMX)
 fp32. Other CPUs emulate them: measured here, an AVX2 AMD EPYC ran a 1024^2 bf16 matmul at 0.5 GFLOP/s against
 37 for fp32, and an AVX-512 Xeon without bf16 at 61 against 279, so there "auto" trains in fp32.
 """
+
 from __future__ import annotations
 
 import contextlib

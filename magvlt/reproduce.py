@@ -5,6 +5,7 @@ and without UnrollMask and MixSel (and MixRandom), trained on the biased split (
 its color) and judged on the `counter` split, where every object breaks that rule. Every run trains the same
 number of updates on the same global batch with the demo's tokenizers; results are mean +- spread over seeds.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,15 +40,23 @@ TABLES: dict[str, list[tuple[str, Run]]] = {
     "Table 1/3 analogue: MAGVLT vs ARGVLT (val)": [("MAGVLT", FULL), ("ARGVLT", Run("tiny-ar"))],
     "Table 6 analogue: task mix T2I:I2T:IT2IT (val)": [
         (name, Run("tiny", (f"objective.task_weights={weights}",)) if weights != "[8,1,1]" else FULL)
-        for name, weights in (("1:0:0", "[1,0,0]"), ("0:1:0", "[0,1,0]"), ("0:0:1", "[0,0,1]"), ("8:2:0", "[8,2,0]"),
-                              ("8:1:1", "[8,1,1]"))
+        for name, weights in (
+            ("1:0:0", "[1,0,0]"),
+            ("0:1:0", "[0,1,0]"),
+            ("0:0:1", "[0,0,1]"),
+            ("8:2:0", "[8,2,0]"),
+            ("8:1:1", "[8,1,1]"),
+        )
     ],
     "Table 7 / App. E analogue: trained on bias 0.8, judged on counter": [
         (name, Run("tiny", overrides, "biased", "counter"))
-        for name, overrides in (("UnrollMask + MixSel", ()), ("w/o MixSel", ("objective.mix=off",)),
-                                ("w/o UnrollMask", ("objective.unroll_mask=false",)),
-                                ("w/o both", ("objective.mix=off", "objective.unroll_mask=false")),
-                                ("UnrollMask + MixRandom", ("objective.mix=mixrandom",)))
+        for name, overrides in (
+            ("UnrollMask + MixSel", ()),
+            ("w/o MixSel", ("objective.mix=off",)),
+            ("w/o UnrollMask", ("objective.unroll_mask=false",)),
+            ("w/o both", ("objective.mix=off", "objective.unroll_mask=false")),
+            ("UnrollMask + MixRandom", ("objective.mix=mixrandom",)),
+        )
     ],
 }
 
@@ -89,7 +98,7 @@ def train_run(run: Run, seed: int, grid: GridConfig, data: dict[str, Path], tok:
     from magvlt.train import rundir
     from magvlt.train.loop import train
 
-    name = run.key.replace('|', '_').replace('=', '-').replace('.', '-')
+    name = run.key.replace("|", "_").replace("=", "-").replace(".", "-")
     out = grid.out / "runs" / f"{name}_seed{seed}_steps{grid.steps}_tok{tok}"  # never reuse a --quick run as a full one
     if (out / rundir.CONFIG).exists() and rundir.has_checkpoint(out):
         return out
@@ -102,10 +111,10 @@ def train_run(run: Run, seed: int, grid: GridConfig, data: dict[str, Path], tok:
 
 def measure(run_dir: Path, split: str, n: int, seed: int, caption_metrics) -> dict:
     """Judge accuracy of T2I and I2T on a shapes split, I2T CIDEr, and decode seconds per sample."""
-    from magvlt.data.shapes import iter_split, phrasings
-    from magvlt.eval.judge import judge_captions, judge_images
     import torch
 
+    from magvlt.data.shapes import iter_split, phrasings
+    from magvlt.eval.judge import judge_captions, judge_images
     from magvlt.pipeline import MAGVLTPipeline
 
     pipe = MAGVLTPipeline.from_pretrained(run_dir)
@@ -133,8 +142,11 @@ def run_grid(grid: GridConfig) -> str:
     tok = tokenizer_id(prep.text, prep.vq)
     images, captions = render_split("train", grid.demo.n_train, grid.demo.seed, grid.demo.size, bias=grid.bias)
     biased_dir = grid.out / f"tokens-biased-tok{tok}"
-    biased = prep.stage(f"biased training split (bias {grid.bias})", biased_dir,
-                        lambda: tokenize(images, captions, prep.text, prep.vq, biased_dir, grid.progress))
+    biased = prep.stage(
+        f"biased training split (bias {grid.bias})",
+        biased_dir,
+        lambda: tokenize(images, captions, prep.text, prep.vq, biased_dir, grid.progress),
+    )
     data = {"uniform": prep.tokens, "biased": biased}
     results_path = grid.out / "results.jsonl"
     results = _read_results(results_path)
@@ -171,17 +183,25 @@ def _cell(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 def tables(results: dict[str, dict], grid: GridConfig, tok: str) -> str:
     """Markdown tables in the form of the paper's: judge accuracy (%), CIDEr and T2I decode time, mean ± std,
     of the runs made with the tokenizers `tok` (see `tokenizer_id`)."""
-    lines = [f"{grid.steps} updates x batch {grid.demo.batch_size} per run, seeds {list(grid.seeds)}, "
-             f"{grid.n_eval} judged samples per run.\n"]
+    lines = [
+        f"{grid.steps} updates x batch {grid.demo.batch_size} per run, seeds {list(grid.seeds)}, "
+        f"{grid.n_eval} judged samples per run.\n"
+    ]
     for title, rows in TABLES.items():
-        lines += [f"#### {title}", "", "| run | T2I judge exact (%) | I2T judge exact (%) | I2T CIDEr | "
-                  "I2T outside grammar (%) | T2I decode (ms/image) |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"#### {title}",
+            "",
+            "| run | T2I judge exact (%) | I2T judge exact (%) | I2T CIDEr | "
+            "I2T outside grammar (%) | T2I decode (ms/image) |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, run in rows:
             got = [results[k] for k in (result_key(run, s, grid.steps, tok) for s in grid.seeds) if k in results]
             if not got:
                 continue
-            col = lambda key, scale=1.0, digits=1: _cell([g[key] for g in got], scale, digits)  # noqa: E731
-            lines.append(f"| {name} | {col('t2i')} | {col('i2t')} | {col('cider')} | "
-                         f"{col('invalid')} | {col('t2i_ms', 1, 2)} |")
+            col = lambda key, scale=1.0, digits=1, got=got: _cell([g[key] for g in got], scale, digits)
+            lines.append(
+                f"| {name} | {col('t2i')} | {col('i2t')} | {col('cider')} | {col('invalid')} | {col('t2i_ms', 1, 2)} |"
+            )
         lines.append("")
     return "\n".join(lines)

@@ -5,12 +5,14 @@ pairs (`magvlt clip train`): a conv encoder on pixels and a transformer on the r
 with `score(images uint8 [B, H, W, 3], captions) -> [B]` is a scorer; `OpenClipScorer` adapts an open_clip model
 for users who have its weights.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -18,10 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from magvlt.checkpoint import load_weights, save_weights
-from magvlt.paths import CONFIG, TEXT_DIR, WEIGHTS
 from magvlt.config import load_json, save_json
 from magvlt.errors import UserError
-
+from magvlt.paths import CONFIG, TEXT_DIR, WEIGHTS
 
 
 @dataclass
@@ -45,8 +46,14 @@ class ImageTower(nn.Module):
         super().__init__()
         stages, c_in = [], 3
         for c in cfg.channels:
-            stages += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(8, c), nn.GELU(),
-                       nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(8, c), nn.GELU()]
+            stages += [
+                nn.Conv2d(c_in, c, 3, stride=2, padding=1),
+                nn.GroupNorm(8, c),
+                nn.GELU(),
+                nn.Conv2d(c, c, 3, padding=1),
+                nn.GroupNorm(8, c),
+                nn.GELU(),
+            ]
             c_in = c
         self.stages = nn.Sequential(*stages)
         side = cfg.image_size // 2 ** len(cfg.channels)
@@ -69,8 +76,9 @@ class TextTower(nn.Module):
         super().__init__()
         self.tok_emb = nn.Embedding(cfg.text_vocab, cfg.width)
         self.pos_emb = nn.Parameter(torch.zeros(cfg.text_len, cfg.width))
-        layer = nn.TransformerEncoderLayer(cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.ln = nn.LayerNorm(cfg.width)
         self.proj = nn.Linear(cfg.width, cfg.embed_dim)
@@ -169,7 +177,9 @@ def load_scorer(directory: str | Path, device=None) -> ContrastiveScorer:
 
     directory = Path(directory)
     if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
-        raise UserError(f"{directory} is not a scorer directory (needs {CONFIG} and {WEIGHTS}; make one with `magvlt clip train`)")
+        raise UserError(
+            f"{directory} is not a scorer directory (needs {CONFIG} and {WEIGHTS}; make one with `magvlt clip train`)"
+        )
     model = ContrastiveModel(load_json(ContrastiveConfig, directory / CONFIG))
     try:
         model.load_state_dict(load_weights(directory / WEIGHTS))
@@ -178,4 +188,3 @@ def load_scorer(directory: str | Path, device=None) -> ContrastiveScorer:
     if device is not None:
         model = model.to(device)
     return ContrastiveScorer(model, load_text_tokenizer(directory / TEXT_DIR))
-

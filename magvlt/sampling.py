@@ -6,10 +6,11 @@ Mask-Predict for text; both at once for unconditional pairs, App. D). ARGVLT dec
 KV cache. Inputs and outputs are image codes [B, N_I] and raw text ids [B, L] with lengths [B]. `generator` is
 one torch.Generator or one per row (then a row's result does not depend on the rest of the batch).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -50,9 +51,15 @@ class Sample:
 
     def select(self, rows: torch.Tensor) -> Sample:
         """The given rows of this sample and of its trace (e.g. the best candidates)."""
-        return Sample(self.image[rows], self.text[rows], self.length[rows], self.image_masked[rows],
-                      self.text_masked[rows], None if self.score is None else self.score[rows],
-                      [s.select(rows) for s in self.trace])
+        return Sample(
+            self.image[rows],
+            self.text[rows],
+            self.length[rows],
+            self.image_masked[rows],
+            self.text_masked[rows],
+            None if self.score is None else self.score[rows],
+            [s.select(rows) for s in self.trace],
+        )
 
 
 StepCallback = Callable[[int, Sample], None]  # (0-based step, the tokens after it)
@@ -105,8 +112,9 @@ def _forward(model: Transformer, image: torch.Tensor, text: torch.Tensor, null: 
     return dict(zip(groups, h)), segs
 
 
-def _official_forward(model: Transformer, image: TokenState, text: TokenState, length: torch.Tensor, task: Task,
-                      null: str | None):
+def _official_forward(
+    model: Transformer, image: TokenState, text: TokenState, length: torch.Tensor, task: Task, null: str | None
+):
     """The released model's layout of `task` (T2I when only the image is generated, else I2T, as IT2IT), text
     EOS-padded past each length; the null condition of guidance is the empty caption (length 0) or the fully
     masked image."""
@@ -143,20 +151,35 @@ def _resize_text(text: TokenState, length: torch.Tensor) -> TokenState:
 
 def _to_sample(image: TokenState, text: TokenState, length: torch.Tensor) -> Sample:
     valid = text_valid(length, text.tokens.shape[1])
-    return Sample(image=image.tokens.masked_fill(image.masked, 0), text=text.tokens.masked_fill(text.masked | ~valid, 0),
-                  length=length.clone(), image_masked=image.masked.clone(), text_masked=text.masked & valid)
+    return Sample(
+        image=image.tokens.masked_fill(image.masked, 0),
+        text=text.tokens.masked_fill(text.masked | ~valid, 0),
+        length=length.clone(),
+        image_masked=image.masked.clone(),
+        text_masked=text.masked & valid,
+    )
 
 
 def _mean_logp(*states: TokenState) -> torch.Tensor:
-    total = sum((s.logp.masked_fill(~s.span, 0).sum(dim=1) for s in states))
+    total = sum(s.logp.masked_fill(~s.span, 0).sum(dim=1) for s in states)
     return total / sum(s.span.sum(dim=1) for s in states).clamp(min=1)
 
 
 @torch.no_grad()
-def decode(model: Transformer, image: TokenState, text: TokenState, length: torch.Tensor, *,
-           image_scheduler: MaskGITScheduler | None = None, text_scheduler: MaskPredictScheduler | None = None,
-           guidance_scale: float = 1.0, repredict_length: bool = False, generator: Generators | None = None,
-           trace: bool = False, callback: StepCallback | None = None) -> Sample:
+def decode(
+    model: Transformer,
+    image: TokenState,
+    text: TokenState,
+    length: torch.Tensor,
+    *,
+    image_scheduler: MaskGITScheduler | None = None,
+    text_scheduler: MaskPredictScheduler | None = None,
+    guidance_scale: float = 1.0,
+    repredict_length: bool = False,
+    generator: Generators | None = None,
+    trace: bool = False,
+    callback: StepCallback | None = None,
+) -> Sample:
     """Iterative parallel decoding (Sec. 3.2) of the masked positions of `image` and `text` (with lengths [B]).
 
     A modality with a scheduler is generated, the other is the condition. guidance_scale > 1 guides the logits
@@ -175,8 +198,9 @@ def decode(model: Transformer, image: TokenState, text: TokenState, length: torc
             task = Task.T2I if text_scheduler is None else Task.I2T
             states, segs = _official_forward(model, image, text, length, task, null)
         else:
-            states, segs = _forward(model, _image_ids(vocab, image), _text_ids(vocab, text, length), null,
-                                    repredict_length)
+            states, segs = _forward(
+                model, _image_ids(vocab, image), _text_ids(vocab, text, length), null, repredict_length
+            )
         if image_scheduler is not None:
             logits = _logits(model.image_logits, states, segs.image, image.masked, guidance_scale)
             image = image_scheduler.step(logits, t, image, generator)
@@ -213,17 +237,27 @@ def _given(tokens: torch.Tensor) -> TokenState:
     return TokenState.start(tokens, torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device))
 
 
-def generate_images(model: Transformer, text: torch.Tensor, length: torch.Tensor, scheduler: MaskGITScheduler,
-                    **options) -> Sample:
+def generate_images(
+    model: Transformer, text: torch.Tensor, length: torch.Tensor, scheduler: MaskGITScheduler, **options
+) -> Sample:
     """T2I (Sec. 3.2, 4.2): MaskGIT decoding of every image token from raw text ids [B, L] and lengths [B]."""
     shape = (text.shape[0], model.cfg.image_tokens)
-    image = TokenState.start(torch.zeros(shape, dtype=torch.long, device=text.device),
-                             torch.ones(shape, dtype=torch.bool, device=text.device))
+    image = TokenState.start(
+        torch.zeros(shape, dtype=torch.long, device=text.device),
+        torch.ones(shape, dtype=torch.bool, device=text.device),
+    )
     return decode(model, image, _given(text), length, image_scheduler=scheduler, **options)
 
 
-def inpaint(model: Transformer, image: torch.Tensor, mask: torch.Tensor, text: torch.Tensor, length: torch.Tensor,
-            scheduler: MaskGITScheduler, **options) -> Sample:
+def inpaint(
+    model: Transformer,
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    text: torch.Tensor,
+    length: torch.Tensor,
+    scheduler: MaskGITScheduler,
+    **options,
+) -> Sample:
     """Image inpainting / IT2I editing (Sec. 4.2): regenerate the image tokens where mask ([B, N_I] or [N_I])."""
     state = TokenState.start(image, mask.expand_as(image).clone())
     return decode(model, state, _given(text), length, image_scheduler=scheduler, **options)
@@ -241,8 +275,9 @@ def length_logits(model: Transformer, image: torch.Tensor) -> torch.Tensor:
     return model.length_logits(model(tokens, position_ids)[:, segs.bot]).float()
 
 
-def predict_lengths(model: Transformer, image: torch.Tensor, scheduler: MaskPredictScheduler,
-                    generator: Generators | None = None) -> torch.Tensor:
+def predict_lengths(
+    model: Transformer, image: torch.Tensor, scheduler: MaskPredictScheduler, generator: Generators | None = None
+) -> torch.Tensor:
     """Text lengths [B, k] by the scheduler's length rule: the k = length_beam most likely, or one drawn."""
     logits = length_logits(model, image)
     if scheduler.length_temperature > 0:
@@ -253,8 +288,13 @@ def predict_lengths(model: Transformer, image: torch.Tensor, scheduler: MaskPred
     return logits.topk(min(scheduler.length_beam, model.cfg.text_len), dim=-1).indices + 1
 
 
-def generate_text(model: Transformer, image: torch.Tensor, scheduler: MaskPredictScheduler,
-                  generator: Generators | None = None, **options) -> Sample:
+def generate_text(
+    model: Transformer,
+    image: torch.Tensor,
+    scheduler: MaskPredictScheduler,
+    generator: Generators | None = None,
+    **options,
+) -> Sample:
     """I2T (Sec. 3.2, 4.3): the length first, then Mask-Predict. With length_beam k the top k lengths are decoded
     as one batch and the candidate with the best mean log-probability is kept (Mask-Predict's length beam)."""
     b, text_len = image.shape[0], model.cfg.text_len
@@ -263,25 +303,48 @@ def generate_text(model: Transformer, image: torch.Tensor, scheduler: MaskPredic
     if k > 1 and isinstance(generator, (list, tuple)):
         generator = [g for g in generator for _ in range(k)]
     length = lengths.flatten()
-    text = TokenState.start(torch.zeros((b * k, text_len), dtype=torch.long, device=image.device),
-                            text_valid(length, text_len))
-    out = decode(model, _given(image.repeat_interleave(k, dim=0)), text, length, text_scheduler=scheduler,
-                 generator=generator, **options)
+    text = TokenState.start(
+        torch.zeros((b * k, text_len), dtype=torch.long, device=image.device), text_valid(length, text_len)
+    )
+    out = decode(
+        model,
+        _given(image.repeat_interleave(k, dim=0)),
+        text,
+        length,
+        text_scheduler=scheduler,
+        generator=generator,
+        **options,
+    )
     if k == 1:
         return out
     return out.select(out.score.view(b, k).argmax(dim=1) + torch.arange(b, device=image.device) * k)
 
 
-def infill(model: Transformer, image: torch.Tensor, text: torch.Tensor, length: torch.Tensor, mask: torch.Tensor,
-           scheduler: MaskPredictScheduler, **options) -> Sample:
+def infill(
+    model: Transformer,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    length: torch.Tensor,
+    mask: torch.Tensor,
+    scheduler: MaskPredictScheduler,
+    **options,
+) -> Sample:
     """Text infilling / IT2T editing (Sec. 4.3): regenerate the text tokens where mask [B, L], given the rest."""
     state = TokenState.start(text, mask & text_valid(length, text.shape[1]))
     return decode(model, _given(image), state, length, text_scheduler=scheduler, **options)
 
 
-def generate_pairs(model: Transformer, n: int, image_scheduler: MaskGITScheduler,
-                   text_scheduler: MaskPredictScheduler, *, length_range: tuple[int, int] = (8, 16),
-                   generator: Generators | None = None, device=None, **options) -> Sample:
+def generate_pairs(
+    model: Transformer,
+    n: int,
+    image_scheduler: MaskGITScheduler,
+    text_scheduler: MaskPredictScheduler,
+    *,
+    length_range: tuple[int, int] = (8, 16),
+    generator: Generators | None = None,
+    device=None,
+    **options,
+) -> Sample:
     """Unconditional image + text (App. D): both fully masked and refined in the same steps; the length starts
     uniform in length_range and is re-predicted as decoding goes."""
     cfg = model.cfg
@@ -289,19 +352,33 @@ def generate_pairs(model: Transformer, n: int, image_scheduler: MaskGITScheduler
     lo, hi = max(1, length_range[0]), min(cfg.text_len, length_range[1])
     generator = _rng(generator)
     length = lo + (uniform((n,), generator, device) * (hi - lo + 1)).long().clamp(max=hi - lo)
-    image = TokenState.start(torch.zeros((n, cfg.image_tokens), dtype=torch.long, device=device),
-                             torch.ones((n, cfg.image_tokens), dtype=torch.bool, device=device))
-    text = TokenState.start(torch.zeros((n, cfg.text_len), dtype=torch.long, device=device),
-                            text_valid(length, cfg.text_len))
-    return decode(model, image, text, length, image_scheduler=image_scheduler, text_scheduler=text_scheduler,
-                  repredict_length=True, generator=generator, **options)
+    image = TokenState.start(
+        torch.zeros((n, cfg.image_tokens), dtype=torch.long, device=device),
+        torch.ones((n, cfg.image_tokens), dtype=torch.bool, device=device),
+    )
+    text = TokenState.start(
+        torch.zeros((n, cfg.text_len), dtype=torch.long, device=device), text_valid(length, cfg.text_len)
+    )
+    return decode(
+        model,
+        image,
+        text,
+        length,
+        image_scheduler=image_scheduler,
+        text_scheduler=text_scheduler,
+        repredict_length=True,
+        generator=generator,
+        **options,
+    )
 
 
 def _check_argvlt(model: Transformer) -> None:
     if model.training:
         raise ValueError("decoding needs model.eval(): dropout would make every step random")
     if not model.cfg.causal:
-        raise UserError("this is a MAGVLT (bidirectional) model: it decodes by iterative refinement, not token by token")
+        raise UserError(
+            "this is a MAGVLT (bidirectional) model: it decodes by iterative refinement, not token by token"
+        )
 
 
 def sample_logits(logits: torch.Tensor, temperature: float, generator: Generators) -> torch.Tensor:
@@ -311,9 +388,20 @@ def sample_logits(logits: torch.Tensor, temperature: float, generator: Generator
     return sample_tokens(logits / temperature, uniform((logits.shape[0],), generator, logits.device))[0]
 
 
-def _autoregress(model: Transformer, tokens: torch.Tensor, position_ids: torch.Tensor, start: int, n: int, head,
-                 offset: int, temperature: float, top_k: int | None, top_p: float | None,
-                 generator: Generators | None, use_cache: bool) -> torch.Tensor:
+def _autoregress(
+    model: Transformer,
+    tokens: torch.Tensor,
+    position_ids: torch.Tensor,
+    start: int,
+    n: int,
+    head,
+    offset: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: Generators | None,
+    use_cache: bool,
+) -> torch.Tensor:
     """Fill tokens[:, start : start + n] one at a time (in place); returns the model's log-prob of each [B, n]."""
     b, generator = tokens.shape[0], _rng(generator)
     dtype = next(model.parameters()).dtype
@@ -340,31 +428,72 @@ def _ar_sample(image: torch.Tensor, text: torch.Tensor, length: torch.Tensor, sc
 
 
 @torch.no_grad()
-def ar_generate_images(model: Transformer, text: torch.Tensor, length: torch.Tensor, *, temperature: float = 1.0,
-                       top_k: int | None = None, top_p: float | None = None, generator: Generators | None = None,
-                       use_cache: bool = True) -> Sample:
+def ar_generate_images(
+    model: Transformer,
+    text: torch.Tensor,
+    length: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: Generators | None = None,
+    use_cache: bool = True,
+) -> Sample:
     """ARGVLT T2I (Sec. 4.1): [<BOT> text <BOI>] then the image tokens one at a time, with a KV cache."""
     _check_argvlt(model)
     cfg, vocab = model.cfg, model.vocab
     image = torch.full((text.shape[0], cfg.image_tokens), vocab.MASK, dtype=torch.long, device=text.device)
     tokens, position_ids, segs = argvlt_sequence(cfg, image, text_input(vocab, text, length), Task.T2I)
-    logp = _autoregress(model, tokens, position_ids, segs.image.start, cfg.image_tokens, model.image_logits, 0,
-                        temperature, top_k, top_p, generator, use_cache)
-    return _ar_sample(tokens[:, segs.image], text.masked_fill(~text_valid(length, cfg.text_len), 0), length,
-                      logp.mean(dim=1))
+    logp = _autoregress(
+        model,
+        tokens,
+        position_ids,
+        segs.image.start,
+        cfg.image_tokens,
+        model.image_logits,
+        0,
+        temperature,
+        top_k,
+        top_p,
+        generator,
+        use_cache,
+    )
+    return _ar_sample(
+        tokens[:, segs.image], text.masked_fill(~text_valid(length, cfg.text_len), 0), length, logp.mean(dim=1)
+    )
 
 
 @torch.no_grad()
-def ar_generate_text(model: Transformer, image: torch.Tensor, *, end_id: int | None = None, temperature: float = 1.0,
-                     top_k: int | None = None, top_p: float | None = None, generator: Generators | None = None,
-                     use_cache: bool = True) -> Sample:
+def ar_generate_text(
+    model: Transformer,
+    image: torch.Tensor,
+    *,
+    end_id: int | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: Generators | None = None,
+    use_cache: bool = True,
+) -> Sample:
     """ARGVLT I2T (Sec. 4.1): [<BOI> image <BOT>] then text tokens one at a time; the text ends at end_id."""
     _check_argvlt(model)
     cfg, vocab = model.cfg, model.vocab
     text = torch.full((image.shape[0], cfg.text_len), vocab.MASK, dtype=torch.long, device=image.device)
     tokens, position_ids, segs = argvlt_sequence(cfg, vocab.image(image), text, Task.I2T)
-    logp = _autoregress(model, tokens, position_ids, segs.text.start, cfg.text_len, model.text_logits,
-                        vocab.text_offset, temperature, top_k, top_p, generator, use_cache)
+    logp = _autoregress(
+        model,
+        tokens,
+        position_ids,
+        segs.text.start,
+        cfg.text_len,
+        model.text_logits,
+        vocab.text_offset,
+        temperature,
+        top_k,
+        top_p,
+        generator,
+        use_cache,
+    )
     raw = tokens[:, segs.text] - vocab.text_offset
     length = torch.full((image.shape[0],), cfg.text_len, device=image.device)
     if end_id is not None:

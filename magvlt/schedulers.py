@@ -6,6 +6,7 @@ AmusedScheduler); `magvlt.sampling` runs the model and calls it. A `Preset` bund
 with the number of candidates to rerank; `PRESETS` names the paper's, the official code's and the demo's.
 Schedulers and presets are plain dataclasses: print them, copy them with `dataclasses.replace`, override fields.
 """
+
 from __future__ import annotations
 
 import copy
@@ -145,8 +146,12 @@ class MaskGITScheduler(_Scheduler):
         if self.min_tokens_per_step:
             keep = torch.minimum(keep, (masked.sum(dim=1) - self.min_tokens_per_step).clamp(min=0))
         remask = lowest_scores(confidence.masked_fill(~masked, float("inf")), keep)  # fixed tokens stay fixed
-        return TokenState(torch.where(masked, tokens, sample.tokens), remask, sample.span,
-                          torch.where(masked & ~remask, logp, sample.logp))
+        return TokenState(
+            torch.where(masked, tokens, sample.tokens),
+            remask,
+            sample.span,
+            torch.where(masked & ~remask, logp, sample.logp),
+        )
 
     def official_count(self, timestep: int, sample: TokenState) -> int:
         """sample_t2i's count of tokens fixed this step, from sample 0 in float32 (docs/official.md sections 7, 9)."""
@@ -204,7 +209,11 @@ class MaskPredictScheduler(_Scheduler):
         super().__post_init__()
         if self.remask not in REMASKS or self.rounding not in ROUNDINGS:
             raise UserError(f"remask must be one of {REMASKS} and rounding one of {ROUNDINGS}")
-        if self.length_beam < 1 or self.length_temperature < 0 or (self.length_temperature > 0 and self.length_beam > 1):
+        if (
+            self.length_beam < 1
+            or self.length_temperature < 0
+            or (self.length_temperature > 0 and self.length_beam > 1)
+        ):
             raise UserError("length_beam must be >= 1 and length_temperature >= 0; a drawn length takes length_beam 1")
 
     def remask_counts(self, timestep: int, n: torch.Tensor) -> torch.Tensor:
@@ -268,8 +277,9 @@ class Preset:
 
     def greedy(self) -> Preset:
         """The same preset with argmax tokens, no confidence noise and deterministic re-masking."""
-        return dataclasses.replace(self, image=dataclasses.replace(self.image, greedy=True),
-                                   text=dataclasses.replace(self.text, greedy=True))
+        return dataclasses.replace(
+            self, image=dataclasses.replace(self.image, greedy=True), text=dataclasses.replace(self.text, greedy=True)
+        )
 
 
 PRESETS: dict[str, Preset] = {
@@ -280,15 +290,29 @@ PRESETS: dict[str, Preset] = {
     "paper": Preset(image_candidates=32, text_candidates=64),
     # the released sampling code (kakaobrain/magvlt sampling_t2i.py / sampling_i2t.py and their config)
     "official": Preset(
-        image=MaskGITScheduler(num_inference_steps=10, temperature=1.4, temperature_end=0.6, confidence="tempered",
-                               min_probability=2**-10, noise=2.0, noise_end=0.2, rule="official"),
-        text=MaskPredictScheduler(num_inference_steps=12, temperature=0.1, top_k=32, confidence="tempered",
-                                  remask="sample", rule="official"),
-        image_candidates=32, text_candidates=64,
+        image=MaskGITScheduler(
+            num_inference_steps=10,
+            temperature=1.4,
+            temperature_end=0.6,
+            confidence="tempered",
+            min_probability=2**-10,
+            noise=2.0,
+            noise_end=0.2,
+            rule="official",
+        ),
+        text=MaskPredictScheduler(
+            num_inference_steps=12, temperature=0.1, top_k=32, confidence="tempered", remask="sample", rule="official"
+        ),
+        image_candidates=32,
+        text_candidates=64,
     ),
     # `magvlt demo`: temperature 0.5 for both and the scorer's best of 4 (README, "What `magvlt demo` does")
-    "demo": Preset(image=MaskGITScheduler(temperature=0.5), text=MaskPredictScheduler(temperature=0.5),
-                   image_candidates=4, text_candidates=4),
+    "demo": Preset(
+        image=MaskGITScheduler(temperature=0.5),
+        text=MaskPredictScheduler(temperature=0.5),
+        image_candidates=4,
+        text_candidates=4,
+    ),
 }
 
 

@@ -4,6 +4,7 @@ Both write text the CLIP way: ftfy repair, HTML unescape, whitespace collapse, l
 bytes mapped to printable characters, `</w>` on each pre-token's last symbol. A tokenizer turns a batch of texts
 into fixed-length rows [<|startoftext|>, BPE ids..., <|endoftext|>, pad...] (length 64 in the paper).
 """
+
 from __future__ import annotations
 
 import functools

@@ -1,5 +1,6 @@
 """Test helpers: a tiny learnable tokenized data set written with ShardWriter, a tiny run directory, and the env
 for subprocess runs."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,14 @@ COLORS, SHAPES = ("red", "green", "blue", "yellow", "purple"), ("circle", "squar
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
 
 
-def write_synthetic(out: Path, n: int = 256, seed: int = 0, shard_size: int = 100, text_vocab: int = TEXT_VOCAB,
-                    tokenizer_dir: Path | None = None) -> Path:
+def write_synthetic(
+    out: Path,
+    n: int = 256,
+    seed: int = 0,
+    shard_size: int = 100,
+    text_vocab: int = TEXT_VOCAB,
+    tokenizer_dir: Path | None = None,
+) -> Path:
     """n pairs "a <color a> <shape b>": the top rows of the 4x4 codes are a, the bottom rows 5 + b.
 
     Caption ids are [sot, a, 5 + b, (9 if b), eot] in a vocabulary of `text_vocab`, or, with tokenizer_dir,
@@ -47,12 +54,16 @@ def write_synthetic(out: Path, n: int = 256, seed: int = 0, shard_size: int = 10
         text, length = tok.encode(captions)
         meta = {"text_vocab": tok.vocab_size, "text_len": tok.length, "text_dir": str(Path(tokenizer_dir).resolve())}
     writer = ShardWriter(out, {"image_grid": list(GRID), "image_vocab": IMAGE_VOCAB, **meta}, shard_size=shard_size)
-    writer.add({"image": codes, "image_half_w": grid[:, :, ::2], "image_half_h": grid[:, ::2], "text": text,
-                "length": length}, captions)
+    writer.add(
+        {"image": codes, "image_half_w": grid[:, :, ::2], "image_half_h": grid[:, ::2], "text": text, "length": length},
+        captions,
+    )
     return writer.close()
 
 
-VQ = VQConfig(resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8, embed_dim=8, n_embed=32)
+VQ = VQConfig(
+    resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=8, embed_dim=8, n_embed=32
+)
 
 
 def write_run(root: Path, causal: bool = False) -> Path:
@@ -62,8 +73,16 @@ def write_run(root: Path, causal: bool = False) -> Path:
     tok.save(root / "text")
     torch.manual_seed(0)
     save_vq(VQGAN(VQ), root / "vq")
-    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=32, image_vocab=VQ.n_embed, image_grid=(8, 8),
-                      text_vocab=tok.vocab_size, text_len=tok.length, causal=causal)
+    cfg = ModelConfig(
+        n_layer=1,
+        n_head=2,
+        n_embd=32,
+        image_vocab=VQ.n_embed,
+        image_grid=(8, 8),
+        text_vocab=tok.vocab_size,
+        text_len=tok.length,
+        causal=causal,
+    )
     save_json(TrainConfig(model=cfg), root / "config.json")
     save_weights(root / "model.safetensors", Transformer(cfg).state_dict())
     return root

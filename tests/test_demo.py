@@ -1,4 +1,5 @@
 """`magvlt demo` end to end at toy sizes (every stage, the files it promises, the cache) and the reproduce tables."""
+
 import json
 
 import pytest
@@ -11,8 +12,16 @@ from magvlt.reproduce import TABLES, GridConfig, Run, tables, tokenizer_id
 
 @pytest.mark.slow
 def test_demo_runs_every_stage_writes_its_outputs_and_reuses_the_cache(tmp_path, capsys):
-    cfg = DemoConfig(out=tmp_path / "demo", minutes=0.05, vq_minutes=0.05, clip_minutes=0.05, n_train=256, n_eval=3,
-                     candidates=2, progress=False)
+    cfg = DemoConfig(
+        out=tmp_path / "demo",
+        minutes=0.05,
+        vq_minutes=0.05,
+        clip_minutes=0.05,
+        n_train=256,
+        n_eval=3,
+        candidates=2,
+        progress=False,
+    )
     metrics = run_demo(cfg)
 
     out = cfg.out
@@ -50,16 +59,23 @@ def test_demo_training_config_is_the_paper_recipe_at_the_demo_size():
     cfg = demo_train_config(demo, 300)
     assert cfg.objective == preset(TRAIN_PRESETS, "tiny").objective  # 8:1:1, UnrollMask, MixSel
     assert cfg.objective.task_weights == (8.0, 1.0, 1.0) and cfg.objective.unroll_mask and cfg.objective.mix == "mixsel"
-    assert (cfg.steps, cfg.batch_size, cfg.lr, cfg.model.n_embd, cfg.model.text_len) == (300, demo.batch_size, demo.lr,
-                                                                                          demo.width, demo.text_len)
+    assert (cfg.steps, cfg.batch_size, cfg.lr, cfg.model.n_embd, cfg.model.text_len) == (
+        300,
+        demo.batch_size,
+        demo.lr,
+        demo.width,
+        demo.text_len,
+    )
     assert cfg.bpe_dropout == 0.0 and cfg.max_minutes == pytest.approx(demo.minutes * 1.15)
     assert demo_train_config(demo, 300, "tiny-ar").model.causal
 
 
 def test_reproduce_tables_show_mean_and_spread_over_seeds():
     grid = GridConfig(steps=7, seeds=(0, 1))
-    results = {f"{Run('tiny').key}#{s}#7#{tok}": {"t2i": t, "i2t": 50.0, "cider": 10.0, "invalid": 0.0, "t2i_ms": 1.5}
-               for s, t, tok in ((0, 40.0, "aa"), (1, 60.0, "aa"), (1, 99.0, "bb"))}
+    results = {
+        f"{Run('tiny').key}#{s}#7#{tok}": {"t2i": t, "i2t": 50.0, "cider": 10.0, "invalid": 0.0, "t2i_ms": 1.5}
+        for s, t, tok in ((0, 40.0, "aa"), (1, 60.0, "aa"), (1, 99.0, "bb"))
+    }
     text = tables(results, grid, "aa")  # the run made with other tokenizers ("bb") is left out
     assert "7 updates x batch 32 per run, seeds [0, 1]" in text
     assert "| MAGVLT | 50.0 ± 14.1 | 50.0 ± 0.0 | 10.0 ± 0.0 | 0.0 ± 0.0 | 1.50 ± 0.00 |" in text

@@ -1,4 +1,5 @@
 """torchrun with two CPU ranks on gloo: DDP and FSDP2 against a single process with the same global batch."""
+
 import os
 import signal
 import subprocess
@@ -6,11 +7,11 @@ import sys
 
 import pytest
 import torch
+from synthetic import SUBPROCESS_ENV, write_synthetic
 
 from magvlt.checkpoint import load_weights
 from magvlt.config import ModelConfig, TrainConfig, save_json
 from magvlt.train.loop import train
-from synthetic import SUBPROCESS_ENV, write_synthetic
 
 # One torchrun launch trains twice in the same process group: DDP, then FSDP2. Each rank also saves its own
 # DDP weights at every checkpoint, to show the ranks agree.
@@ -38,8 +39,18 @@ torch.distributed.destroy_process_group()
 
 def config(**kw) -> TrainConfig:
     """Dropout stays on: its masks are seeded per micro-batch too, so they do not depend on the split."""
-    return TrainConfig(model=ModelConfig(n_layer=2, n_head=2, n_embd=64), steps=6, batch_size=16, lr=2e-3, warmup_steps=2,
-                       log_every=2, ckpt_every=3, bpe_dropout=0.0, precision="fp32", **kw)
+    return TrainConfig(
+        model=ModelConfig(n_layer=2, n_head=2, n_embd=64),
+        steps=6,
+        batch_size=16,
+        lr=2e-3,
+        warmup_steps=2,
+        log_every=2,
+        ckpt_every=3,
+        bpe_dropout=0.0,
+        precision="fp32",
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +61,19 @@ def runs(tmp_path_factory):
     script = tmp / "run.py"
     script.write_text(SCRIPT)
     save_json(config(), tmp / "config.json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(data), str(tmp)]
-    proc = subprocess.Popen(cmd, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        str(data),
+        str(tmp),
+    ]
+    proc = subprocess.Popen(
+        cmd, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -1,4 +1,5 @@
 """evaluate() end to end on stand-in pipelines: a perfect one scores the maximum, a wrong one scores low."""
+
 import json
 
 import numpy as np
@@ -86,14 +87,19 @@ class TruthScorer:
 
 def test_a_perfect_pipeline_scores_the_maximum(data, captions):
     oracle = Oracle(data)
-    out = evaluate(oracle, data, n=N, scorer=TruthScorer(oracle), batch_size=5, caption_metrics=captions,
-                   fid=mean_color_fid())
+    out = evaluate(
+        oracle, data, n=N, scorer=TruthScorer(oracle), batch_size=5, caption_metrics=captions, fid=mean_color_fid()
+    )
     for task in ("t2i", "inpaint"):
         assert out[task]["judge"]["exact"] == 100.0
         assert out[task]["fid"] == pytest.approx(0, abs=1e-6)
         assert out[task]["clip_score"] == pytest.approx(100)
     for task in ("i2t", "infill"):
-        assert out[task]["judge"]["exact"] == 100.0 and out[task]["judge"]["invalid"] == 0.0 and out[task]["repeats"] == 0.0
+        assert (
+            out[task]["judge"]["exact"] == 100.0
+            and out[task]["judge"]["invalid"] == 0.0
+            and out[task]["repeats"] == 0.0
+        )
         assert out[task]["bleu4"] == pytest.approx(100, abs=1e-6)
         assert out[task]["meteor"] == pytest.approx(100) and out[task]["rouge_l"] == pytest.approx(100)
     assert out["t2i"]["inception_score"] is None and out["t2i"]["inception_score_unavailable"]
@@ -117,8 +123,9 @@ def test_a_wrong_pipeline_scores_low(data, captions):
 
 def test_reranking_and_the_preset_are_passed_to_the_pipeline(data, captions):
     oracle = Oracle(data)
-    out = evaluate(oracle, data, ("t2i", "i2t"), n=4, num_candidates=3, preset="demo", caption_metrics=captions,
-                   fid=None)
+    out = evaluate(
+        oracle, data, ("t2i", "i2t"), n=4, num_candidates=3, preset="demo", caption_metrics=captions, fid=None
+    )
     assert out["t2i"]["fid"] is None and out["t2i"]["fid_unavailable"] and out["fid_features"] is None
     kwargs = {task: kw for task, _, kw in oracle.calls}
     assert kwargs["t2i"]["num_candidates"] == 3 and kwargs["i2t"]["preset"] == "demo"
@@ -163,11 +170,14 @@ def test_pairs_on_disk_with_shapes_or_coco_references(data, tmp_path):
         load_data(tmp_path / "pairs", 3, (32, 32), references=coco)
 
 
-@pytest.mark.parametrize("argv", [
-    ["--model", "/no/such/run", "--data", "shapes:val"],
-    ["--model", "/no/such/run", "--data", "shapes:val", "--tasks", "t2i,caption"],
-    ["--model", "/no/such/run", "--data", "shapes:val", "--n", "1"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--model", "/no/such/run", "--data", "shapes:val"],
+        ["--model", "/no/such/run", "--data", "shapes:val", "--tasks", "t2i,caption"],
+        ["--model", "/no/such/run", "--data", "shapes:val", "--n", "1"],
+    ],
+)
 def test_cli_bad_input_exits_2(argv, capsys):
     assert main(["eval", *argv]) == 2
     assert "magvlt: error:" in capsys.readouterr().err

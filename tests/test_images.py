@@ -1,4 +1,5 @@
 """Images as crawlers bring them: every mode and format becomes RGB, sizes become one square, bad files a reason."""
+
 import io
 import struct
 import zlib
@@ -18,7 +19,9 @@ def encoded(image: Image.Image, fmt: str, **kw) -> bytes:
 
 def gradient(w: int, h: int) -> Image.Image:
     x, y = np.meshgrid(np.arange(w), np.arange(h))
-    return Image.fromarray(np.stack([x * 255 // max(1, w - 1), y * 255 // max(1, h - 1), (x + y) % 256], -1).astype(np.uint8))
+    return Image.fromarray(
+        np.stack([x * 255 // max(1, w - 1), y * 255 // max(1, h - 1), (x + y) % 256], -1).astype(np.uint8)
+    )
 
 
 @pytest.mark.parametrize("w, h", [(300, 200), (200, 300), (64, 64), (10, 7)])
@@ -63,6 +66,7 @@ def test_large_jpegs_decode_in_draft_mode_above_the_target():
 
 def _png_header_only(w: int, h: int) -> bytes:
     """A PNG that claims w x h pixels and holds none (a decompression bomb's header)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -70,14 +74,17 @@ def _png_header_only(w: int, h: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "empty file"),
-    (b"not an image at all", "corrupt image"),
-    (encoded(gradient(64, 64), "JPEG")[:300], "corrupt image"),
-    (encoded(gradient(64, 64), "PNG")[:-40], "corrupt image"),
-    (_png_header_only(9000, 9000), "image too large"),  # over magvlt's limit
-    (_png_header_only(100_000, 100_000), "image too large"),  # over Pillow's
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty file"),
+        (b"not an image at all", "corrupt image"),
+        (encoded(gradient(64, 64), "JPEG")[:300], "corrupt image"),
+        (encoded(gradient(64, 64), "PNG")[:-40], "corrupt image"),
+        (_png_header_only(9000, 9000), "image too large"),  # over magvlt's limit
+        (_png_header_only(100_000, 100_000), "image too large"),  # over Pillow's
+    ],
+)
 def test_bad_files_raise_a_reason(data, reason):
     with pytest.raises(BadSample) as e:
         load_image(data)

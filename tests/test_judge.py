@@ -1,4 +1,5 @@
 """The shapes-world judge: exact on fresh renders, zero on mismatched captions, every grammar form parsed, CLI."""
+
 import itertools
 import json
 
@@ -8,7 +9,18 @@ from PIL import Image, ImageFilter
 
 from magvlt.cli import main
 from magvlt.data.pairs import write_pairs
-from magvlt.data.shapes import ANCHORS, COLORS, PAIR_LAYOUTS, SHAPES, SIZES, SPLITS, Obj, iter_split, phrasings, render_split
+from magvlt.data.shapes import (
+    ANCHORS,
+    COLORS,
+    PAIR_LAYOUTS,
+    SHAPES,
+    SIZES,
+    SPLITS,
+    Obj,
+    iter_split,
+    phrasings,
+    render_split,
+)
 from magvlt.errors import UserError
 from magvlt.eval.judge import judge_captions, judge_images, parse_caption, parse_image, parse_objects
 
@@ -78,11 +90,22 @@ def test_every_grammar_form_round_trips():
     assert parse_caption("  a small red circle   to the left of a large blue square\n") is not None
 
 
-@pytest.mark.parametrize("text", [
-    "", "a small red circle on the center", "a red small circle", "A small red circle", "a small red circle.",
-    "a small orange circle", "a small red circle to the left of", "a small red circle left of a large red square",
-    "a small red circle on the left of a large red square", "the small red circle", "a small red circle and a big one",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "a small red circle on the center",
+        "a red small circle",
+        "A small red circle",
+        "a small red circle.",
+        "a small orange circle",
+        "a small red circle to the left of",
+        "a small red circle left of a large red square",
+        "a small red circle on the left of a large red square",
+        "the small red circle",
+        "a small red circle and a big one",
+    ],
+)
 def test_captions_outside_the_grammar_are_invalid(text):
     assert parse_caption(text) is None
 
@@ -132,8 +155,21 @@ def test_cli_judges_pairs_numbered_images_and_captions(tmp_path):
         Image.fromarray(im).save(tmp_path / "gen" / f"{i}.png")  # 0..11: numeric order, not 0, 1, 10, 11, 2
     (tmp_path / "prompts.txt").write_text("\n".join(captions) + "\n")
     out = tmp_path / "r.json"
-    assert main(["judge", "images", "--dir", str(tmp_path / "gen"), "--captions", str(tmp_path / "prompts.txt"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "judge",
+                "images",
+                "--dir",
+                str(tmp_path / "gen"),
+                "--captions",
+                str(tmp_path / "prompts.txt"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["exact"] == 100
     generated = [{"key": f"{i:09d}", "caption": c} for i, c in enumerate(captions)][::-1]  # by key, not order
     generated[0]["caption"] = "gibberish"

@@ -1,4 +1,5 @@
 """Caption metrics against exact values, FID against closed forms and known cases, CLIP score."""
+
 import math
 from collections import Counter
 
@@ -10,7 +11,15 @@ from PIL import Image
 from magvlt.data.shapes import render_split
 from magvlt.errors import UserError
 from magvlt.eval import metrics
-from magvlt.eval.metrics import FID, CaptionMetrics, as_uint8, clip_score, coco_references, frechet_distance, repeat_rate
+from magvlt.eval.metrics import (
+    FID,
+    CaptionMetrics,
+    as_uint8,
+    clip_score,
+    coco_references,
+    frechet_distance,
+    repeat_rate,
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +51,10 @@ def cider_d(candidates, references, n=4, sigma=6.0):
 REFS = [
     ["a small red circle on the left"],
     ["a large blue square above a small white triangle", "a small white triangle below a large blue square"],
-    ["a large green square to the left of a small red circle",
-     "a small red circle to the right of a large green square"],
+    [
+        "a large green square to the left of a small red circle",
+        "a small red circle to the right of a large green square",
+    ],
 ]
 
 
@@ -105,8 +116,10 @@ def test_caption_metrics_reject_mismatched_references(captions):
 
 def test_coco_references(tmp_path):
     path = tmp_path / "captions.json"
-    path.write_text('{"annotations": [{"image_id": 3, "caption": "x"}, {"image_id": 3, "caption": "y"},'
-                    ' {"image_id": 5, "caption": "z"}]}')
+    path.write_text(
+        '{"annotations": [{"image_id": 3, "caption": "x"}, {"image_id": 3, "caption": "y"},'
+        ' {"image_id": 5, "caption": "z"}]}'
+    )
     assert coco_references(path) == {3: ["x", "y"], 5: ["z"]}
     path.write_text('{"images": []}')
     with pytest.raises(UserError):
@@ -165,8 +178,9 @@ def test_inception_fid_known_cases(one_thread):
 
 def test_fid_needs_two_images():
     with pytest.raises(UserError):
-        FID(lambda x: x.float().mean(dim=(1, 2)), "mean color")(np.zeros((1, 4, 4, 3), np.uint8),
-                                                                np.zeros((3, 4, 4, 3), np.uint8))
+        FID(lambda x: x.float().mean(dim=(1, 2)), "mean color")(
+            np.zeros((1, 4, 4, 3), np.uint8), np.zeros((3, 4, 4, 3), np.uint8)
+        )
 
 
 def test_as_uint8_accepts_pil_lists_and_rejects_floats():

@@ -17,8 +17,18 @@ from magvlt.model import (
 
 
 def tiny(**kw) -> ModelConfig:
-    return ModelConfig(n_layer=2, n_head=2, n_embd=32, image_vocab=16, image_grid=(2, 3), text_vocab=11, text_len=5,
-                       dropout=0.0, attn_dropout=0.0, **kw)
+    return ModelConfig(
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        image_vocab=16,
+        image_grid=(2, 3),
+        text_vocab=11,
+        text_len=5,
+        dropout=0.0,
+        attn_dropout=0.0,
+        **kw,
+    )
 
 
 def test_paper_parameter_counts():

@@ -29,8 +29,17 @@ from magvlt.objectives import (
     unroll_mask,
 )
 
-CFG = ModelConfig(n_layer=2, n_head=2, n_embd=64, image_vocab=32, image_grid=(4, 4), text_vocab=50, text_len=12,
-                  dropout=0.0, attn_dropout=0.0)
+CFG = ModelConfig(
+    n_layer=2,
+    n_head=2,
+    n_embd=64,
+    image_vocab=32,
+    image_grid=(4, 4),
+    text_vocab=50,
+    text_len=12,
+    dropout=0.0,
+    attn_dropout=0.0,
+)
 VOCAB = Vocab.of(CFG)
 SOT, EOT = 48, 49
 
@@ -54,7 +63,11 @@ def make_batch(b=6, seed=0, halves=True):
     text = torch.randint(0, 40, (b, CFG.text_len), generator=g)
     text[:, 0] = SOT
     text[torch.arange(b), length - 1] = EOT
-    batch = {"image": torch.randint(0, CFG.image_vocab, (b, CFG.image_tokens), generator=g), "text": text, "length": length}
+    batch = {
+        "image": torch.randint(0, CFG.image_vocab, (b, CFG.image_tokens), generator=g),
+        "text": text,
+        "length": length,
+    }
     if halves:
         batch["image_half_w"] = torch.randint(0, CFG.image_vocab, (b, 8), generator=g)
         batch["image_half_h"] = torch.randint(0, CFG.image_vocab, (b, 8), generator=g)
@@ -91,7 +104,9 @@ def test_sample_task_follows_weights():
 
 def test_schedules():
     r = torch.tensor([0.0, 0.5, 0.75], dtype=torch.float64)
-    assert torch.allclose(gamma_image(r), torch.tensor([1.0, math.cos(math.pi / 4), math.cos(3 * math.pi / 8)], dtype=torch.float64))
+    assert torch.allclose(
+        gamma_image(r), torch.tensor([1.0, math.cos(math.pi / 4), math.cos(3 * math.pi / 8)], dtype=torch.float64)
+    )
     assert torch.allclose(gamma_text(r), torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64))
 
 
@@ -160,7 +175,10 @@ def test_unroll_counts_exact():
     assert unroll_counts(first, r, n, 10, gamma_image).tolist() == [15, 1, 0, math.ceil(math.cos(0.3 * math.pi) * 16)]
     r, n = torch.tensor([0.5, 0.2], dtype=torch.float64), torch.tensor([10, 7])
     first = torch.ceil(gamma_text(r) * n).long()  # 5, 6
-    assert unroll_counts(first, r, n, 12, gamma_text).tolist() == [4, 5]  # ceil(0.4167*10)=5 -> 4; ceil(0.7167*7)=6 -> 5
+    assert unroll_counts(first, r, n, 12, gamma_text).tolist() == [
+        4,
+        5,
+    ]  # ceil(0.4167*10)=5 -> 4; ceil(0.7167*7)=6 -> 5
 
 
 def test_sample_tokens_follows_probabilities():
@@ -245,7 +263,9 @@ def test_forward_count_per_task_reuses_first_logits():
 def test_join_halves_exact():
     left = torch.arange(8).view(1, 8)  # a 4 x 2 grid: rows [0 1] [2 3] [4 5] [6 7]
     right = 10 + torch.arange(8).view(1, 8)
-    assert join_halves(left, right, (4, 4), vertical=False).tolist() == [[0, 1, 10, 11, 2, 3, 12, 13, 4, 5, 14, 15, 6, 7, 16, 17]]
+    assert join_halves(left, right, (4, 4), vertical=False).tolist() == [
+        [0, 1, 10, 11, 2, 3, 12, 13, 4, 5, 14, 15, 6, 7, 16, 17]
+    ]
     assert join_halves(left, right, (4, 4), vertical=True).tolist() == [list(range(8)) + list(range(10, 18))]
     with pytest.raises(UserError):
         join_halves(torch.zeros(1, 6, dtype=torch.long), torch.zeros(1, 6, dtype=torch.long), (4, 4), False)
@@ -280,7 +300,9 @@ def test_mix_select_i2t_builds_joined_images_selector_and_target():
     assert not ex.image_mask.any()
     rnd = mix_select("i2t", VOCAB, CFG.image_grid, batch, "mixrandom", gen(3))
     assert rnd.selector is None
-    assert torch.equal(rnd.image, ex.image) and torch.equal(rnd.text, ex.text) and torch.equal(rnd.text_mask, ex.text_mask)
+    assert (
+        torch.equal(rnd.image, ex.image) and torch.equal(rnd.text, ex.text) and torch.equal(rnd.text_mask, ex.text_mask)
+    )
 
 
 def test_mix_select_i2t_needs_half_size_codes():
@@ -330,14 +352,21 @@ def test_argvlt_loss_weights_generated_and_condition():
     cfg = ObjectiveConfig(label_smoothing=0.0)
     for task in ("t2i", "i2t"):
         loss, terms = argvlt_loss(m, batch, cfg, task, gen())
-        tokens, pos, segs = argvlt_sequence(CFG, batch["image"], text_input(VOCAB, batch["text"], batch["length"]), task)
+        tokens, pos, segs = argvlt_sequence(
+            CFG, batch["image"], text_input(VOCAB, batch["text"], batch["length"]), task
+        )
         with torch.no_grad():
             h = m(tokens, pos)
-        image_nll = F.cross_entropy(m.image_logits(h[:, segs.image.start - 1 : segs.image.stop - 1]).flatten(0, 1),
-                                    batch["image"].flatten())
+        image_nll = F.cross_entropy(
+            m.image_logits(h[:, segs.image.start - 1 : segs.image.stop - 1]).flatten(0, 1), batch["image"].flatten()
+        )
         real = torch.arange(CFG.text_len) < batch["length"][:, None]  # sot ... eot, never padding
-        text_nll = F.cross_entropy(m.text_logits(h[:, segs.text.start - 1 : segs.text.stop - 1][real]), batch["text"][real])
-        assert torch.allclose(terms["image"], image_nll, atol=1e-5) and torch.allclose(terms["text"], text_nll, atol=1e-5)
+        text_nll = F.cross_entropy(
+            m.text_logits(h[:, segs.text.start - 1 : segs.text.stop - 1][real]), batch["text"][real]
+        )
+        assert torch.allclose(terms["image"], image_nll, atol=1e-5) and torch.allclose(
+            terms["text"], text_nll, atol=1e-5
+        )
         want = 0.9 * image_nll + 0.1 * text_nll if task == "t2i" else 0.9 * text_nll + 0.1 * image_nll
         assert torch.allclose(loss, want, atol=1e-5)
     with pytest.raises(UserError, match="IT2IT"):
@@ -363,8 +392,18 @@ def test_training_loss_is_deterministic_and_reports_metrics():
         for task in TASKS:
             _, metrics = training_loss(model(), batch, ObjectiveConfig(), task, gen(s))
             seen |= set(metrics)
-    for key in ["t2i/mask", "t2i/acc_image", "t2i/unroll", "t2i/mix", "i2t/acc_text", "i2t/length", "i2t/acc_length",
-                "i2t/mix", "it2it/acc_image", "it2it/acc_text"]:
+    for key in [
+        "t2i/mask",
+        "t2i/acc_image",
+        "t2i/unroll",
+        "t2i/mix",
+        "i2t/acc_text",
+        "i2t/length",
+        "i2t/acc_length",
+        "i2t/mix",
+        "it2it/acc_image",
+        "it2it/acc_text",
+    ]:
         assert key in seen
 
 
@@ -435,12 +474,18 @@ def test_official_architecture_trains_every_term_in_its_layouts():
         m.zero_grad()
         loss.backward()
         assert math.isfinite(loss.item()) and m.spc_emb.weight.grad.abs().sum() > 0
-        expected = {"t2i": {"mask", "unroll", "mix"}, "i2t": {"mask", "length", "unroll", "mix"}, "it2it": {"mask", "length"}}
+        expected = {
+            "t2i": {"mask", "unroll", "mix"},
+            "i2t": {"mask", "length", "unroll", "mix"},
+            "it2it": {"mask", "length"},
+        }
         assert expected[task] <= {k.split("/")[1] for k in metrics if "/" in k}
     other = {**batch, "text": torch.where(torch.arange(CFG.text_len) < batch["length"][:, None], batch["text"], 7)}
     for task in TASKS:  # padding is neither fed nor a target
-        assert torch.equal(magvlt_loss(m, batch, ObjectiveConfig(), task, gen(3))[0],
-                           magvlt_loss(m, other, ObjectiveConfig(), task, gen(3))[0])
+        assert torch.equal(
+            magvlt_loss(m, batch, ObjectiveConfig(), task, gen(3))[0],
+            magvlt_loss(m, other, ObjectiveConfig(), task, gen(3))[0],
+        )
     mixed = mix_select("t2i", VOCAB, CFG.image_grid, batch, "mixsel", gen(4))
     _, _, text, _, length, bog = official_inputs(m, mixed.image, mixed.text, mixed.selector)
     assert torch.equal(length, mixed.length) and set(bog.tolist()) <= {6, 7}

@@ -1,4 +1,5 @@
 """Safe reading of the released checkpoint format (tests/fixtures/official, recorded by tools/official_fixtures.py)."""
+
 import argparse
 import json
 import os
@@ -33,8 +34,19 @@ def outputs():
 
 def test_architecture_inferred_from_shapes(ckpt):
     a = ckpt.arch
-    assert (a.width, a.layers, a.heads, a.vocab_img, a.vocab_txt) == (ARCH["width"], ARCH["layers"], ARCH["heads"], ARCH["vocab_img"], 49408)
-    assert (a.ctx_len_img, a.ctx_len_txt, a.special_tokens, a.length_head) == (ARCH["ctx_len_img"], ARCH["ctx_len_txt"], 10, True)
+    assert (a.width, a.layers, a.heads, a.vocab_img, a.vocab_txt) == (
+        ARCH["width"],
+        ARCH["layers"],
+        ARCH["heads"],
+        ARCH["vocab_img"],
+        49408,
+    )
+    assert (a.ctx_len_img, a.ctx_len_txt, a.special_tokens, a.length_head) == (
+        ARCH["ctx_len_img"],
+        ARCH["ctx_len_txt"],
+        10,
+        True,
+    )
     assert all(isinstance(v, torch.Tensor) for v in ckpt.transformer.values())
     assert "lm_layer.output_bias" in ckpt.transformer and "quantize.embedding.weight" in ckpt.vq
 
@@ -48,10 +60,15 @@ def test_heads_default_to_width_over_128():
 
 def test_heads_are_width_over_128_when_the_width_allows():
     D, I, T = 256, 4, 8
-    state = {"tok_emb.weight": torch.zeros(49408 + 32, D), "lm_layer.output_bias": torch.zeros(49408 + 32),
-             "pos_emb_img.pos_embed": torch.zeros(I, D), "pos_emb_txt.pos_embed": torch.zeros(T, D),
-             "pos_emb_spc.pos_embed": torch.zeros(I + T + 4, D), "tok_emb_spc.weight": torch.zeros(10, D),
-             **{f"blocks.{i}.ln1.weight": torch.zeros(D) for i in range(3)}}
+    state = {
+        "tok_emb.weight": torch.zeros(49408 + 32, D),
+        "lm_layer.output_bias": torch.zeros(49408 + 32),
+        "pos_emb_img.pos_embed": torch.zeros(I, D),
+        "pos_emb_txt.pos_embed": torch.zeros(T, D),
+        "pos_emb_spc.pos_embed": torch.zeros(I + T + 4, D),
+        "tok_emb_spc.weight": torch.zeros(10, D),
+        **{f"blocks.{i}.ln1.weight": torch.zeros(D) for i in range(3)},
+    }
     arch = infer_arch(state, Path("x.ckpt"))
     assert (arch.heads, arch.layers, arch.vocab_img, arch.length_head) == (2, 3, 32, False)
     state["pos_emb_spc.pos_embed"] = torch.zeros(I + T, D)
@@ -79,8 +96,12 @@ def test_checkpoints_swapped_give_clear_errors():
 
 
 def test_foreign_files_give_clear_errors(tmp_path):
-    cases = {"tensor.pt": lambda p: torch.save(torch.zeros(3), p), "plain.pkl": lambda p: p.write_bytes(pickle.dumps({"a": 1})),
-             "junk.ckpt": lambda p: p.write_bytes(os.urandom(256)), "empty.ckpt": lambda p: torch.save({"state_dict": {}}, p)}
+    cases = {
+        "tensor.pt": lambda p: torch.save(torch.zeros(3), p),
+        "plain.pkl": lambda p: p.write_bytes(pickle.dumps({"a": 1})),
+        "junk.ckpt": lambda p: p.write_bytes(os.urandom(256)),
+        "empty.ckpt": lambda p: torch.save({"state_dict": {}}, p),
+    }
     for name, write in cases.items():
         write(tmp_path / name)
         with pytest.raises(UserError):
@@ -92,8 +113,10 @@ def test_foreign_files_give_clear_errors(tmp_path):
 def test_other_lightning_content_is_tolerated(tmp_path, ckpt):
     """Lightning 1.x names, numpy scalars in callback states and an argparse Namespace load as inert objects."""
     state = {"model." + k: v for k, v in ckpt.transformer.items()}
-    extra = {"callbacks": {"ModelCheckpoint": {"best_model_score": np.float64(0.5), "dirpath": Path("/runs")}},
-             "hyper_parameters": argparse.Namespace(lr=1e-4, tasks=["t2i"])}
+    extra = {
+        "callbacks": {"ModelCheckpoint": {"best_model_score": np.float64(0.5), "dirpath": Path("/runs")}},
+        "hyper_parameters": argparse.Namespace(lr=1e-4, tasks=["t2i"]),
+    }
     torch.save({"state_dict": state, **extra}, tmp_path / "other.ckpt")
     assert load_official(tmp_path / "other.ckpt", heads=ARCH["heads"]).arch == ckpt.arch
 

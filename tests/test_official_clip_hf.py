@@ -1,4 +1,5 @@
 """HFClipScorer on a tiny random CLIPModel saved locally in the openai/clip-vit-base-patch32 layout."""
+
 import json
 
 import numpy as np
@@ -23,8 +24,11 @@ def clip_dir(tmp_path_factory):
     (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
     CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt")).save_pretrained(d)
     small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-    cfg = CLIPConfig(text_config=dict(vocab_size=49408, max_position_embeddings=77, **small),
-                     vision_config=dict(image_size=32, patch_size=16, **small), projection_dim=8)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=49408, max_position_embeddings=77, **small),
+        vision_config=dict(image_size=32, patch_size=16, **small),
+        projection_dim=8,
+    )
     torch.manual_seed(0)
     CLIPModel(cfg).save_pretrained(d)
     return d
@@ -52,7 +56,10 @@ def test_scores_are_rowwise_cosines(clip_dir):
 def test_clip_transform_centre_crops():
     x = clip_pixels(np.zeros((1, 30, 60, 3), dtype=np.uint8), 24)
     assert x.shape == (1, 3, 24, 24)
-    assert torch.allclose(x[0, :, 0, 0], -torch.tensor([0.48145466, 0.4578275, 0.40821073]) / torch.tensor([0.26862954, 0.26130258, 0.27577711]))
+    assert torch.allclose(
+        x[0, :, 0, 0],
+        -torch.tensor([0.48145466, 0.4578275, 0.40821073]) / torch.tensor([0.26862954, 0.26130258, 0.27577711]),
+    )
 
 
 def test_bad_inputs(tmp_path, clip_dir):

@@ -4,6 +4,7 @@ The fixtures were recorded by tools/official_fixtures.py from the official code 
 within 1e-5 (fp32, CPU), greedy T2I codes and pixels, greedy inpainting codes and greedy I2T captions identical on
 8 inputs, through `magvlt generate ... --preset official --greedy --candidates 1` where the CLI has the task.
 """
+
 import json
 from pathlib import Path
 
@@ -29,8 +30,20 @@ GREEDY = ["--preset", "official", "--greedy", "--candidates", "1"]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("converted")
-    assert main(["convert", "official", str(FIX / "magvlt.ckpt"), "--out", str(out),
-                 "--heads", str(RECORD["architecture"]["heads"])]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "official",
+                str(FIX / "magvlt.ckpt"),
+                "--out",
+                str(out),
+                "--heads",
+                str(RECORD["architecture"]["heads"]),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -41,7 +54,9 @@ def pipe(run):
 
 @pytest.fixture(scope="module")
 def out():
-    return {k: v.long() if v.dtype == torch.int32 else v for k, v in load_file(str(FIX / "outputs.safetensors")).items()}
+    return {
+        k: v.long() if v.dtype == torch.int32 else v for k, v in load_file(str(FIX / "outputs.safetensors")).items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +84,9 @@ def test_the_run_is_official_and_samples_the_official_way(pipe):
 def test_t2i_image_logits(pipe, out, prompts):
     ids, lengths = prompts
     with torch.no_grad():
-        h = pipe.model.official(Task.T2I, out["codes"], out["t2i_img_mask"], ids, torch.zeros_like(ids, dtype=torch.bool), lengths)
+        h = pipe.model.official(
+            Task.T2I, out["codes"], out["t2i_img_mask"], ids, torch.zeros_like(ids, dtype=torch.bool), lengths
+        )
         logits = pipe.model.image_logits(h[:, official_segments(Task.T2I, pipe.cfg).image])
     torch.testing.assert_close(logits, out["t2i_logits"], atol=1e-5, rtol=0)
 
@@ -78,9 +95,13 @@ def test_i2t_text_logits(pipe, out, prompts):
     ids, lengths = prompts
     codes = out["codes"]
     with torch.no_grad():
-        h = pipe.model.official(Task.I2T, codes, torch.zeros_like(codes, dtype=torch.bool), ids, out["i2t_caption_mask"], lengths)
+        h = pipe.model.official(
+            Task.I2T, codes, torch.zeros_like(codes, dtype=torch.bool), ids, out["i2t_caption_mask"], lengths
+        )
         logits = pipe.model.text_logits(h[:, official_segments(Task.I2T, pipe.cfg).text])
-    torch.testing.assert_close(logits[..., :: RECORD["i2t_logits_probe_stride"]], out["i2t_logits_strided"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        logits[..., :: RECORD["i2t_logits_probe_stride"]], out["i2t_logits_strided"], atol=1e-5, rtol=0
+    )
     top = logits.topk(out["i2t_logits_top_values"].shape[-1], dim=-1)
     torch.testing.assert_close(top.values, out["i2t_logits_top_values"], atol=1e-5, rtol=0)
     assert torch.equal(top.indices, out["i2t_logits_top_ids"])
@@ -89,13 +110,20 @@ def test_i2t_text_logits(pipe, out, prompts):
 
 def test_length_logits(pipe, out):
     assert LENGTH_QUERY == 16
-    torch.testing.assert_close(sampling.length_logits(pipe.model, out["codes"]), out["length_logits"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        sampling.length_logits(pipe.model, out["codes"]), out["length_logits"], atol=1e-5, rtol=0
+    )
 
 
 def test_greedy_t2i_pngs(run, out, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(RECORD["prompts"]) + "\n")
-    assert main(["generate", "t2i", "--model", str(run), "--prompts", str(prompts), "--out", str(tmp_path / "png"), *GREEDY]) == 0
+    assert (
+        main(
+            ["generate", "t2i", "--model", str(run), "--prompts", str(prompts), "--out", str(tmp_path / "png"), *GREEDY]
+        )
+        == 0
+    )
     pngs = sorted((tmp_path / "png").glob("*.png"))
     assert [p.name for p in pngs] == [f"{i:04d}.png" for i in range(len(RECORD["prompts"]))]
     pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in pngs])
@@ -127,8 +155,24 @@ def test_greedy_inpainting(run, pipe, out, prompts, image_dir, tmp_path):
     codes = sampling.inpaint(pipe.model, out["codes"], ~keep, *prompts, get_preset("official").greedy().image).image
     assert torch.equal(codes, out["greedy_it2i_codes"])
     caption = RECORD["prompts"][0]
-    assert main(["generate", "inpaint", "--model", str(run), "--images", str(image_dir), "--caption", caption,
-                 "--out", str(tmp_path / "png"), *GREEDY]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "inpaint",
+                "--model",
+                str(run),
+                "--images",
+                str(image_dir),
+                "--caption",
+                caption,
+                "--out",
+                str(tmp_path / "png"),
+                *GREEDY,
+            ]
+        )
+        == 0
+    )
     pixels = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "png").glob("*.png"))])
     ids, lengths = OfficialTokenizer().encode([caption] * len(codes))
     expected = sampling.inpaint(pipe.model, out["codes"], ~keep, ids, lengths, get_preset("official").greedy().image)
@@ -148,16 +192,44 @@ def test_foreign_files_are_refused(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("magvlt: error:") and "Traceback" not in err, err
         assert not (tmp_path / name / "config.json").exists()
-    assert main(["convert", "official", str(FIX / "magvlt.ckpt"), "--out", str(tmp_path / "x"), "--heads", "2",
-                 "--vq", str(FIX / "magvlt.ckpt")]) == 2
+    assert (
+        main(
+            [
+                "convert",
+                "official",
+                str(FIX / "magvlt.ckpt"),
+                "--out",
+                str(tmp_path / "x"),
+                "--heads",
+                "2",
+                "--vq",
+                str(FIX / "magvlt.ckpt"),
+            ]
+        )
+        == 2
+    )
     assert "MAGVLT checkpoint" in capsys.readouterr().err
     assert main(["convert", "official", str(FIX / "magvlt.ckpt"), "--out", str(tmp_path / "y"), "--heads", "3"]) == 2
     assert "does not divide" in capsys.readouterr().err
 
 
 def test_taming_vq_replaces_the_one_inside(tmp_path):
-    assert main(["convert", "official", str(FIX / "magvlt.ckpt"), "--out", str(tmp_path / "run"), "--heads", "2",
-                 "--vq", str(FIX / "vqgan.ckpt")]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "official",
+                str(FIX / "magvlt.ckpt"),
+                "--out",
+                str(tmp_path / "run"),
+                "--heads",
+                "2",
+                "--vq",
+                str(FIX / "vqgan.ckpt"),
+            ]
+        )
+        == 0
+    )
     assert MAGVLTPipeline.from_pretrained(tmp_path / "run").vq.cfg.n_embed == 1024
 
 
@@ -170,7 +242,9 @@ def test_long_prompts_are_truncated_as_the_official_code_does(pipe):
 
 def test_infilling_a_converted_run(pipe, out):
     image = Image.fromarray(out["images"][0].numpy())
-    marked = pipe.infill(image, "a [MASK] playing with a ball", preset=get_preset("official").greedy(), num_candidates=1)
+    marked = pipe.infill(
+        image, "a [MASK] playing with a ball", preset=get_preset("official").greedy(), num_candidates=1
+    )
     plain = pipe.infill(image, "a dog playing with a ball", preset=get_preset("official").greedy(), num_candidates=1)
     assert marked.texts[0].endswith(" .") and plain.texts[0].endswith(" .")
     ids, lengths, span = pipe.encode_masked_text(["a [MASK] playing"])

@@ -1,4 +1,5 @@
 """The official tokenizer and caption cleaning against ids and strings recorded from the official code."""
+
 import json
 from pathlib import Path
 

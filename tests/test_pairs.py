@@ -1,4 +1,5 @@
 """Pairs on disk: webdataset-style tar shards and folders round-trip; odd images become RGB uint8; bad files are named."""
+
 import io
 import tarfile
 

@@ -1,4 +1,5 @@
 """The pipeline and `magvlt generate` on a tiny random-weight run directory: every task, files, errors."""
+
 import dataclasses
 import json
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synthetic import write_run
 
 from magvlt.cli import main
 from magvlt.data.shapes import render_split
@@ -13,7 +15,7 @@ from magvlt.errors import UserError
 from magvlt.images import blend, mask_tokens
 from magvlt.pipeline import MAGVLTPipeline, save_preset
 from magvlt.schedulers import get_preset
-from synthetic import write_run
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
@@ -54,7 +56,9 @@ def test_seeded_and_with_intermediates(pipe):
     b = pipe("a large red circle", num_inference_steps=4, generator=_gen(3))
     assert np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
     frames = a.intermediates
-    assert len(frames) == 1 and len(frames[0]) == 4 and np.array_equal(np.asarray(frames[0][-1]), np.asarray(a.images[0]))
+    assert (
+        len(frames) == 1 and len(frames[0]) == 4 and np.array_equal(np.asarray(frames[0][-1]), np.asarray(a.images[0]))
+    )
     text = pipe.caption(np.zeros((16, 16, 3), np.uint8), num_inference_steps=5, output_intermediates=True)
     assert len(text.intermediates[0]) == 5 and "_" in text.intermediates[0][0]
 
@@ -162,9 +166,11 @@ def test_argvlt_run_generates_and_captions(tmp_path, images):
     pipe = MAGVLTPipeline.from_pretrained(write_run(tmp_path, causal=True))
     assert pipe("a large red circle", preset=_top_k(5)).images[0].size == (16, 16)
     assert isinstance(pipe.caption(images[:1]).texts[0], str)
-    for call in (lambda: pipe.inpaint(images[:1], None, "a large red circle"),
-                 lambda: pipe("a large red circle", output_intermediates=True),
-                 lambda: pipe("a large red circle", num_inference_steps=4)):
+    for call in (
+        lambda: pipe.inpaint(images[:1], None, "a large red circle"),
+        lambda: pipe("a large red circle", output_intermediates=True),
+        lambda: pipe("a large red circle", num_inference_steps=4),
+    ):
         with pytest.raises(UserError, match="ARGVLT"):
             call()
 
@@ -202,8 +208,25 @@ def test_bad_run_directories_and_inputs_are_user_errors(tmp_path, run, pipe):
 def test_cli_writes_pngs_jsonl_and_gifs(tmp_path, run, images, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a large red circle\n\na small blue square on the left\n")
-    assert main(["generate", "t2i", "--model", str(run), "--prompts", str(prompts), "--out", str(tmp_path / "t2i"),
-                 "--steps", "3", "--gif", str(tmp_path / "gif")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "t2i",
+                "--model",
+                str(run),
+                "--prompts",
+                str(prompts),
+                "--out",
+                str(tmp_path / "t2i"),
+                "--steps",
+                "3",
+                "--gif",
+                str(tmp_path / "gif"),
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "t2i").iterdir()) == ["0000.png", "0001.png"]
     gif = Image.open(tmp_path / "gif" / "0001.gif")
     assert gif.n_frames == 3
@@ -212,30 +235,86 @@ def test_cli_writes_pngs_jsonl_and_gifs(tmp_path, run, images, capsys):
     for i, im in enumerate(images):
         im.save(folder / f"{i}.png")
     out = tmp_path / "captions.jsonl"
-    assert main(["generate", "i2t", "--model", str(run), "--images", str(folder), "--out", str(out), "--steps", "2",
-                 "--gif", str(tmp_path / "tgif")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "i2t",
+                "--model",
+                str(run),
+                "--images",
+                str(folder),
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                "--gif",
+                str(tmp_path / "tgif"),
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["image"] for r in lines] == [str(folder / f"{i}.png") for i in range(3)]
     assert Image.open(tmp_path / "tgif" / "0000.gif").n_frames == 2
-    assert main(["generate", "inpaint", "--model", str(run), "--image", str(folder / "0.png"), "--caption",
-                 "a large red circle", "--box", "0,0,8,8", "--out", str(tmp_path / "inp"), "--steps", "2"]) == 0
-    assert main(["generate", "infill", "--model", str(run), "--image", str(folder / "0.png"), "--text",
-                 "a [MASK] red circle", "--steps", "2"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "inpaint",
+                "--model",
+                str(run),
+                "--image",
+                str(folder / "0.png"),
+                "--caption",
+                "a large red circle",
+                "--box",
+                "0,0,8,8",
+                "--out",
+                str(tmp_path / "inp"),
+                "--steps",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "generate",
+                "infill",
+                "--model",
+                str(run),
+                "--image",
+                str(folder / "0.png"),
+                "--text",
+                "a [MASK] red circle",
+                "--steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["caption"].startswith("a ")
-    assert main(["generate", "joint", "--model", str(run), "-n", "2", "--out", str(tmp_path / "joint"),
-                 "--steps", "2"]) == 0
+    assert (
+        main(["generate", "joint", "--model", str(run), "-n", "2", "--out", str(tmp_path / "joint"), "--steps", "2"])
+        == 0
+    )
     assert len((tmp_path / "joint" / "captions.jsonl").read_text().splitlines()) == 2
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["t2i", "--prompt", ""], "empty"),
-    (["t2i", "--prompt", "a large red circle " * 10], "at most"),
-    (["i2t", "--image", "{tmp}/broken.png"], "cannot read image"),
-    (["i2t", "--image", "{tmp}/ok.png", "--model", "{tmp}"], "not a complete run"),
-    (["i2t", "--image", "{tmp}/ok.png", "--preset", "fastest"], "unknown preset"),
-    (["t2i", "--prompt", "a large red circle", "--guidance-scale", "3"], "condition dropout"),
-    (["inpaint", "--image", "{tmp}/ok.png", "--caption", "a red circle", "--box", "4,4,2,2"], "box"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["t2i", "--prompt", ""], "empty"),
+        (["t2i", "--prompt", "a large red circle " * 10], "at most"),
+        (["i2t", "--image", "{tmp}/broken.png"], "cannot read image"),
+        (["i2t", "--image", "{tmp}/ok.png", "--model", "{tmp}"], "not a complete run"),
+        (["i2t", "--image", "{tmp}/ok.png", "--preset", "fastest"], "unknown preset"),
+        (["t2i", "--prompt", "a large red circle", "--guidance-scale", "3"], "condition dropout"),
+        (["inpaint", "--image", "{tmp}/ok.png", "--caption", "a red circle", "--box", "4,4,2,2"], "box"),
+    ],
+)
 def test_cli_bad_input_exits_2_with_a_message(tmp_path, run, capsys, argv, message):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     Image.new("RGB", (16, 16)).save(tmp_path / "ok.png")

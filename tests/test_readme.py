@@ -1,9 +1,9 @@
 """Every Python example in README.md runs, against a tiny run directory standing in for the demo's model."""
+
 import re
 from pathlib import Path
 
 import pytest
-
 from synthetic import write_run
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -1,4 +1,5 @@
 """The contrastive reranker: it learns on shapes-world pairs, saves and loads, and the open_clip adapter scores."""
+
 import numpy as np
 import pytest
 import torch
@@ -50,8 +51,19 @@ def test_contrastive_model_learns_to_match_shapes_and_round_trips(tmp_path):
     images, captions = render_split("train", 1100, seed=0, size=16)
     tok = CaptionBPE.train(captions, vocab_size=96, length=20)
     cfg = ContrastiveConfig(image_size=16, channels=(16, 32), width=64, layers=1, heads=2, embed_dim=64)
-    metrics = train_clip(images, captions, tok, tmp_path, steps=150, minutes=5, batch_size=64, lr=2e-3, cfg=cfg,
-                         holdout=100, progress=False)
+    metrics = train_clip(
+        images,
+        captions,
+        tok,
+        tmp_path,
+        steps=150,
+        minutes=5,
+        batch_size=64,
+        lr=2e-3,
+        cfg=cfg,
+        holdout=100,
+        progress=False,
+    )
     assert metrics["steps"] == 150
     assert metrics["heldout_i2t_top1"] > 0.2  # chance is 1 / 100
     scorer = load_scorer(tmp_path)
@@ -77,13 +89,38 @@ def test_cli_trains_and_scores(tmp_path, capsys):
     images, captions = render_split("train", 40, seed=0, size=16)
     write_pairs(tmp_path / "pairs", images, captions)
     CaptionBPE.train(captions, vocab_size=96, length=20).save(tmp_path / "text")
-    args = ["clip", "train", "--data", str(tmp_path / "pairs"), "--text", str(tmp_path / "text"), "--out",
-            str(tmp_path / "scorer"), "--steps", "2", "--batch-size", "8"]
+    args = [
+        "clip",
+        "train",
+        "--data",
+        str(tmp_path / "pairs"),
+        "--text",
+        str(tmp_path / "text"),
+        "--out",
+        str(tmp_path / "scorer"),
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+    ]
     assert main(args) == 0
     assert "held-out" in capsys.readouterr().out
     Image.fromarray(images[0]).save(tmp_path / "x.png")
-    assert main(["clip", "score", "--scorer", str(tmp_path / "scorer"), "--image", str(tmp_path / "x.png"),
-                 captions[0], captions[1]]) == 0
+    assert (
+        main(
+            [
+                "clip",
+                "score",
+                "--scorer",
+                str(tmp_path / "scorer"),
+                "--image",
+                str(tmp_path / "x.png"),
+                captions[0],
+                captions[1],
+            ]
+        )
+        == 0
+    )
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
     assert main([*args[:3], str(tmp_path / "nothing"), *args[4:]]) == 2
     assert "no pairs" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Decoding invariants on tiny random models: schedules, fixed tokens, lengths, masks, guidance, KV cache, and
 the scheduler objects and presets that hold the decoding rules."""
+
 import dataclasses
 import math
 
@@ -9,7 +10,7 @@ import torch
 from magvlt import sampling
 from magvlt.config import ModelConfig
 from magvlt.errors import UserError
-from magvlt.masking import text_input, unconditional_text
+from magvlt.masking import text_input
 from magvlt.model import Transformer
 from magvlt.schedulers import PRESETS, MaskGITScheduler, MaskPredictScheduler, TokenState, filter_logits, get_preset
 
@@ -82,9 +83,14 @@ def test_i2t_length_beam_keeps_a_top_k_length_with_the_best_score():
     assert all(int(n) in row for n, row in zip(out.length, top.tolist()))
     assert len(out.trace) == 4 and out.trace[-1].text.shape == (3, CFG.text_len)
     for k in range(3):  # each candidate decoded alone scores no better than the one kept
-        span = torch.arange(CFG.text_len) < top[:, k:k + 1]
-        alone = sampling.decode(model, sampling._given(image), TokenState.start(torch.zeros_like(span).long(), span),
-                                top[:, k], text_scheduler=TEXT(4))
+        span = torch.arange(CFG.text_len) < top[:, k : k + 1]
+        alone = sampling.decode(
+            model,
+            sampling._given(image),
+            TokenState.start(torch.zeros_like(span).long(), span),
+            top[:, k],
+            text_scheduler=TEXT(4),
+        )
         assert (alone.score <= out.score + 1e-5).all()
 
 
@@ -109,9 +115,14 @@ def test_inpainting_leaves_unmasked_tokens_untouched():
     out = sampling.inpaint(model, image, mask, text, length, IMAGE(6), generator=_gen(0), trace=True)
     assert torch.equal(out.image[~mask], image[~mask]) and not out.image_masked.any()
     assert out.trace[0].image_masked.sum(dim=1).tolist() == [
-        math.ceil(math.cos(math.pi / 12) * int(n)) for n in mask.sum(dim=1)]
-    shared = sampling.inpaint(model, image, sampling.central_mask(CFG.image_grid), text, length, IMAGE(), generator=_gen(0))
-    assert torch.equal(shared.image[:, ~sampling.central_mask(CFG.image_grid)], image[:, ~sampling.central_mask(CFG.image_grid)])
+        math.ceil(math.cos(math.pi / 12) * int(n)) for n in mask.sum(dim=1)
+    ]
+    shared = sampling.inpaint(
+        model, image, sampling.central_mask(CFG.image_grid), text, length, IMAGE(), generator=_gen(0)
+    )
+    assert torch.equal(
+        shared.image[:, ~sampling.central_mask(CFG.image_grid)], image[:, ~sampling.central_mask(CFG.image_grid)]
+    )
 
 
 def test_infilling_only_rewrites_the_span():
@@ -145,9 +156,16 @@ def test_guidance_scale_one_is_unguided_and_zero_is_the_null_condition():
     # uncond + 0 (cond - uncond) = uncond: scale 0 decodes from the null caption (decode only guides above 1,
     # so the formula is checked directly, and the null caption decoded as a plain condition)
     cond, uncond = torch.randn(5, 7), torch.randn(5, 7)
-    assert torch.equal(sampling.guided(cond, uncond, 0.0), uncond) and torch.allclose(sampling.guided(cond, uncond, 1.0), cond)
-    null = sampling.decode(model, TokenState.start(torch.zeros(3, CFG.image_tokens).long(), torch.ones(3, CFG.image_tokens).bool()),
-                           sampling._given(torch.zeros_like(text)), torch.zeros_like(length), image_scheduler=greedy)
+    assert torch.equal(sampling.guided(cond, uncond, 0.0), uncond) and torch.allclose(
+        sampling.guided(cond, uncond, 1.0), cond
+    )
+    null = sampling.decode(
+        model,
+        TokenState.start(torch.zeros(3, CFG.image_tokens).long(), torch.ones(3, CFG.image_tokens).bool()),
+        sampling._given(torch.zeros_like(text)),
+        torch.zeros_like(length),
+        image_scheduler=greedy,
+    )
     assert null.image.shape == plain.image.shape
     with pytest.raises(UserError):
         sampling.decode(model, sampling._given(_image()), sampling._given(text), length)  # nothing to generate
@@ -205,8 +223,15 @@ def test_per_row_generators_make_each_row_independent_of_the_batch():
 def test_callback_sees_every_step_as_the_trace_does():
     model, (text, length) = _model(), _text()
     seen = []
-    out = sampling.generate_images(model, text, length, IMAGE(5), generator=_gen(0), trace=True,
-                                   callback=lambda step, sample: seen.append((step, sample.image_masked.sum().item())))
+    out = sampling.generate_images(
+        model,
+        text,
+        length,
+        IMAGE(5),
+        generator=_gen(0),
+        trace=True,
+        callback=lambda step, sample: seen.append((step, sample.image_masked.sum().item())),
+    )
     assert [s for s, _ in seen] == list(range(5))
     assert [n for _, n in seen] == [int(s.image_masked.sum()) for s in out.trace]
 
@@ -265,7 +290,10 @@ def test_every_mode_decodes_with_the_official_architecture():
     assert not out.text_masked.any() and ((out.length >= 1) & (out.length <= CFG.text_len)).all()
     span = sampling.central_span(length, CFG.text_len)
     out = sampling.infill(model, image, text, length, span, preset.text, generator=_gen(0))
-    assert torch.equal(out.text[~span & sampling.text_valid(length, CFG.text_len)], text[~span & sampling.text_valid(length, CFG.text_len)])
+    assert torch.equal(
+        out.text[~span & sampling.text_valid(length, CFG.text_len)],
+        text[~span & sampling.text_valid(length, CFG.text_len)],
+    )
     out = sampling.generate_pairs(model, 2, IMAGE(4), TEXT(4), generator=_gen(0))
     assert not out.image_masked.any() and not out.text_masked.any()
 
@@ -275,7 +303,10 @@ def test_official_counts_follow_the_released_float32_arithmetic():
     rule = PRESETS["official"].image
 
     def counts(total: int) -> list[int]:
-        state, out = TokenState.start(torch.zeros(1, total, dtype=torch.long), torch.ones(1, total, dtype=torch.bool)), []
+        state, out = (
+            TokenState.start(torch.zeros(1, total, dtype=torch.long), torch.ones(1, total, dtype=torch.bool)),
+            [],
+        )
         for t in range(rule.num_inference_steps):
             out.append(rule.official_count(t, state))
             state.masked[0, torch.nonzero(state.masked[0])[: out[-1], 0]] = False
@@ -284,4 +315,18 @@ def test_official_counts_follow_the_released_float32_arithmetic():
     assert counts(256) == [3, 9, 15, 21, 26, 31, 34, 37, 39, 41]
     assert counts(64) == [1, 2, 3, 6, 6, 8, 8, 10, 9, 11]
     text = PRESETS["official"].text
-    assert [37] + [text.official_remask_count(t, 37) for t in range(12)] == [37, 33, 30, 27, 24, 21, 18, 15, 12, 9, 6, 3, 0]
+    assert [37] + [text.official_remask_count(t, 37) for t in range(12)] == [
+        37,
+        33,
+        30,
+        27,
+        24,
+        21,
+        18,
+        15,
+        12,
+        9,
+        6,
+        3,
+        0,
+    ]

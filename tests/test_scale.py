@@ -1,12 +1,13 @@
 """Training options for large runs: activation checkpointing changes memory, not results."""
+
 import torch
+from synthetic import write_synthetic
 
 from magvlt.checkpoint import load_weights
 from magvlt.config import ModelConfig, TrainConfig
 from magvlt.model import Transformer
 from magvlt.train import dist
 from magvlt.train.loop import train
-from synthetic import write_synthetic
 
 
 def saved_bytes(model: Transformer, tokens: torch.Tensor) -> int:
@@ -38,9 +39,23 @@ def test_activation_checkpointing_trains_the_same_weights(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        runs = [train(TrainConfig(model=ModelConfig(n_layer=2, n_head=2, n_embd=64), steps=3, batch_size=16,
-                                  warmup_steps=1, precision="fp32", bpe_dropout=0.0, activation_checkpointing=on),
-                      data, tmp_path / f"run{on}", progress=False) for on in (False, True)]
+        runs = [
+            train(
+                TrainConfig(
+                    model=ModelConfig(n_layer=2, n_head=2, n_embd=64),
+                    steps=3,
+                    batch_size=16,
+                    warmup_steps=1,
+                    precision="fp32",
+                    bpe_dropout=0.0,
+                    activation_checkpointing=on,
+                ),
+                data,
+                tmp_path / f"run{on}",
+                progress=False,
+            )
+            for on in (False, True)
+        ]
     finally:
         torch.set_num_threads(threads)
     a, b = (load_weights(r / "model.safetensors") for r in runs)

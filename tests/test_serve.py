@@ -1,4 +1,5 @@
 """`magvlt serve`'s API on a tiny random-weight run: every endpoint, every bad input, batching and the queue."""
+
 import asyncio
 import base64
 import io
@@ -70,7 +71,9 @@ def test_page_docs_and_openapi_are_served(client):
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/v1/t2i", "/v1/t2i/stream", "/v1/i2t", "/v1/i2t/stream", "/v1/inpaint", "/v1/infill", "/v1/pairs"} <= set(paths)
+    assert {"/v1/t2i", "/v1/t2i/stream", "/v1/i2t", "/v1/i2t/stream", "/v1/inpaint", "/v1/infill", "/v1/pairs"} <= set(
+        paths
+    )
 
 
 def test_t2i_is_a_png_fixed_by_its_seed(client):
@@ -83,10 +86,15 @@ def test_t2i_is_a_png_fixed_by_its_seed(client):
 def test_i2t_infill_and_inpaint(client):
     r = client.post("/v1/i2t", files={"image": ("a.png", picture())}, data={"steps": "3"})
     assert r.status_code == 200 and isinstance(r.json()["caption"], str)
-    r = client.post("/v1/infill", files={"image": ("a.png", picture())}, data={"text": "a large [MASK] circle", "steps": "2"})
+    r = client.post(
+        "/v1/infill", files={"image": ("a.png", picture())}, data={"text": "a large [MASK] circle", "steps": "2"}
+    )
     assert r.status_code == 200 and r.json()["text"].startswith("a large ") and r.json()["text"].endswith(" circle")
-    r = client.post("/v1/inpaint", files={"image": ("a.png", picture()), "mask": ("m.png", mask())},
-                    data={"prompt": "a small blue square", "steps": "2"})
+    r = client.post(
+        "/v1/inpaint",
+        files={"image": ("a.png", picture()), "mask": ("m.png", mask())},
+        data={"prompt": "a small blue square", "steps": "2"},
+    )
     assert r.status_code == 200 and r.headers["content-type"] == "image/png" and is_png(r.content)
 
 
@@ -161,8 +169,15 @@ def bomb() -> bytes:
     return png_bytes(Image.new("L", (4000, 4000), 0))
 
 
-@pytest.mark.parametrize("path,data", [("/v1/i2t", {}), ("/v1/i2t/stream", {}), ("/v1/infill", {"text": "a [MASK]"}),
-                                       ("/v1/inpaint", {"prompt": "a red circle"})])
+@pytest.mark.parametrize(
+    "path,data",
+    [
+        ("/v1/i2t", {}),
+        ("/v1/i2t/stream", {}),
+        ("/v1/infill", {"text": "a [MASK]"}),
+        ("/v1/inpaint", {"prompt": "a red circle"}),
+    ],
+)
 def test_bad_uploads_are_4xx(client, path, data):
     extra = {"mask": ("m.png", mask())} if path == "/v1/inpaint" else {}
     assert client.post(path, files={"image": ("a.png", b"not an image at all"), **extra}, data=data).status_code == 422
@@ -185,15 +200,18 @@ def test_an_oversized_body_is_413(client):
     assert r.status_code == 413
 
 
-@pytest.mark.parametrize("fields,files", [
-    ({"prompt": "a red circle"}, {"mask": ("m.png", mask((10, 10), (0, 0, 5, 5)))}),  # wrong size
-    ({"prompt": "a red circle"}, {"mask": ("m.png", mask(box=(0, 0, 0, 0)))}),  # nothing to regenerate
-    ({"prompt": "a red circle"}, {"mask": ("m.png", b"GIF89a nope")}),
-    ({"prompt": "a red circle"}, {}),
-    ({"prompt": ""}, {"mask": ("m.png", mask())}),
-    ({"prompt": "red " * 60}, {"mask": ("m.png", mask())}),
-    ({}, {"mask": ("m.png", mask())}),
-])
+@pytest.mark.parametrize(
+    "fields,files",
+    [
+        ({"prompt": "a red circle"}, {"mask": ("m.png", mask((10, 10), (0, 0, 5, 5)))}),  # wrong size
+        ({"prompt": "a red circle"}, {"mask": ("m.png", mask(box=(0, 0, 0, 0)))}),  # nothing to regenerate
+        ({"prompt": "a red circle"}, {"mask": ("m.png", b"GIF89a nope")}),
+        ({"prompt": "a red circle"}, {}),
+        ({"prompt": ""}, {"mask": ("m.png", mask())}),
+        ({"prompt": "red " * 60}, {"mask": ("m.png", mask())}),
+        ({}, {"mask": ("m.png", mask())}),
+    ],
+)
 def test_bad_inpainting_input_is_422(client, fields, files):
     r = client.post("/v1/inpaint", files={"image": ("a.png", picture()), **files}, data=fields)
     assert r.status_code == 422 and "detail" in r.json()

@@ -4,6 +4,7 @@ The server runs a tiny random-weight run (tests/test_pipeline.py's write_run): t
 reaches the API and shows what comes back, not what a trained model draws. Screenshots go to $MAGVLT_SCREENSHOTS
 (default: the test's tmp folder). In CI (CI=true) a missing browser fails the test instead of skipping it.
 """
+
 import os
 import shutil
 import socket
@@ -40,8 +41,11 @@ def server(tmp_path_factory):
     """`python -m magvlt serve` on 127.0.0.1, ready once /health answers."""
     run = write_run(tmp_path_factory.mktemp("run"))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "magvlt", "serve", "--model", str(run), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "magvlt", "serve", "--model", str(run), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -99,8 +103,10 @@ def page_at(browser, server, width, height):
 
 def test_generate_caption_inpaint_infill_and_pairs_in_the_page(server, browser, photo, shots):
     page, errors = page_at(browser, server, 1280, 1000)
-    page.evaluate("window.seen = []; const s = document.getElementById('t2i-step');"
-                  "new MutationObserver(() => seen.push(s.textContent)).observe(s, {childList: true, subtree: true})")
+    page.evaluate(
+        "window.seen = []; const s = document.getElementById('t2i-step');"
+        "new MutationObserver(() => seen.push(s.textContent)).observe(s, {childList: true, subtree: true})"
+    )
 
     page.fill("#t2i-prompt", "a large red circle")
     page.click("#t2i-go")

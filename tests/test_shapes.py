@@ -1,5 +1,5 @@
 """Shapes world: determinism on every machine, the splits' composition rules, the bias knob, exact geometry, CLI."""
-import hashlib
+
 import subprocess
 import sys
 from collections import Counter
@@ -11,7 +11,17 @@ from PIL import Image
 from magvlt.cli import main
 from magvlt.data.pairs import iter_pairs
 from magvlt.data.shapes import (
-    BIAS_RULE, COLORS, HELD_OUT, SHAPES, SPLITS, draw, iter_split, phrasings, render_split, sample, stamp,
+    BIAS_RULE,
+    COLORS,
+    HELD_OUT,
+    SHAPES,
+    SPLITS,
+    draw,
+    iter_split,
+    phrasings,
+    render_split,
+    sample,
+    stamp,
 )
 from magvlt.errors import UserError
 
@@ -40,8 +50,10 @@ def test_render_split_shapes_and_palette():
 
 
 def test_splits_match_the_pinned_stream_in_this_and_a_fresh_process():
-    code = ("import hashlib; from magvlt.data.shapes import render_split\n"
-            f"for s in {SPLITS!r}:\n im, c = render_split(s, 100)\n print({DIGEST})")
+    code = (
+        "import hashlib; from magvlt.data.shapes import render_split\n"
+        f"for s in {SPLITS!r}:\n im, c = render_split(s, 100)\n print({DIGEST})"
+    )
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     here = []
     for split in SPLITS:
@@ -113,7 +125,9 @@ def test_captions_use_both_phrasings_and_the_exact_grammar():
         assert caption in phrasings(scene)
         captions.append(caption)
     for c in captions:
-        forms[next((r for r in ("to the left of", "to the right of", "above", "below", "on the") if r in c), "center")] += 1
+        forms[
+            next((r for r in ("to the left of", "to the right of", "above", "below", "on the") if r in c), "center")
+        ] += 1
     assert set(forms) == {"to the left of", "to the right of", "above", "below", "on the", "center"}
     assert all(c == " ".join(c.split()) and c == c.lower() and c.startswith("a ") for c in captions)
 
@@ -135,10 +149,20 @@ def test_objects_fill_their_spec_box(size):
 
 def test_stamps_are_the_inscribed_shapes():
     assert stamp("square", 4).all()
-    assert stamp("circle", 5).astype(int).tolist() == [[0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1],
-                                                         [1, 1, 1, 1, 1], [0, 1, 1, 1, 0]]
-    assert stamp("triangle", 5).astype(int).tolist() == [[0, 0, 1, 0, 0], [0, 0, 1, 0, 0], [0, 1, 1, 1, 0],
-                                                           [0, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+    assert stamp("circle", 5).astype(int).tolist() == [
+        [0, 1, 1, 1, 0],
+        [1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1],
+        [0, 1, 1, 1, 0],
+    ]
+    assert stamp("triangle", 5).astype(int).tolist() == [
+        [0, 0, 1, 0, 0],
+        [0, 0, 1, 0, 0],
+        [0, 1, 1, 1, 0],
+        [0, 1, 1, 1, 0],
+        [1, 1, 1, 1, 1],
+    ]
     fills = {s: stamp(s, 41).mean() for s in SHAPES}
     assert fills["square"] == 1 and abs(fills["circle"] - np.pi / 4) < 0.01 and abs(fills["triangle"] - 0.5) < 0.02
 

@@ -1,5 +1,6 @@
 """`magvlt tokenize` on data as crawlers leave it: odd and broken samples are skipped and reported, never fatal;
 brace patterns, folders and COCO JSON read; runs resume and split over ranks with identical output."""
+
 import io
 import json
 import tarfile
@@ -43,28 +44,47 @@ def write_tar(path, members: list[tuple[str, bytes]], cut: bool = False) -> None
 
 def shard_members(start: int) -> list[tuple[str, bytes]]:
     """A shard of every kind of sample a crawl brings, good and bad (keys numbered from start)."""
-    good = [(image_bytes(40, 30, seed=start), WORDS[0]), (image_bytes(16, 50, "L", "PNG"), WORDS[1]),
-            (image_bytes(30, 30, "RGBA", "WEBP"), WORDS[2]), (image_bytes(33, 20, "CMYK"), WORDS[3]),
-            (image_bytes(20, 20, "P", "PNG"), "a cat \U0001f431 on grass")]
+    good = [
+        (image_bytes(40, 30, seed=start), WORDS[0]),
+        (image_bytes(16, 50, "L", "PNG"), WORDS[1]),
+        (image_bytes(30, 30, "RGBA", "WEBP"), WORDS[2]),
+        (image_bytes(33, 20, "CMYK"), WORDS[3]),
+        (image_bytes(20, 20, "P", "PNG"), "a cat \U0001f431 on grass"),
+    ]
     members = []
     for i, (image, caption) in enumerate(good):
         ext = "png" if image.startswith(b"\x89PNG") else "webp" if image[8:12] == b"WEBP" else "jpg"
-        members += [(f"{start + i:06d}.{ext}", image), (f"{start + i:06d}.txt", caption.encode()),
-                    (f"{start + i:06d}.json", b'{"url": "x"}')]
+        members += [
+            (f"{start + i:06d}.{ext}", image),
+            (f"{start + i:06d}.txt", caption.encode()),
+            (f"{start + i:06d}.json", b'{"url": "x"}'),
+        ]
     k = start + len(good)
     return members + [
-        (f"{k:06d}.jpg", b""), (f"{k:06d}.txt", b"empty image"),
-        (f"{k + 1:06d}.jpg", image_bytes(40, 40)[:200]), (f"{k + 1:06d}.txt", b"truncated"),
+        (f"{k:06d}.jpg", b""),
+        (f"{k:06d}.txt", b"empty image"),
+        (f"{k + 1:06d}.jpg", image_bytes(40, 40)[:200]),
+        (f"{k + 1:06d}.txt", b"truncated"),
         (f"{k + 2:06d}.jpg", image_bytes(20, 20)),  # no caption
-        (f"{k + 3:06d}.jpg", image_bytes(20, 20)), (f"{k + 3:06d}.txt", b"  \n"),
-        (f"{k + 4:06d}.jpg", image_bytes(20, 20)), (f"{k + 4:06d}.txt", b"caf\xe9 latin-1"),
+        (f"{k + 3:06d}.jpg", image_bytes(20, 20)),
+        (f"{k + 3:06d}.txt", b"  \n"),
+        (f"{k + 4:06d}.jpg", image_bytes(20, 20)),
+        (f"{k + 4:06d}.txt", b"caf\xe9 latin-1"),
         (f"{k + 5:06d}.txt", b"a caption without its image"),
-        (f"{k + 6:06d}.jpg", image_bytes(20, 20)), (f"{k + 6:06d}.txt", "\U0001f431\U0001f431".encode()),
+        (f"{k + 6:06d}.jpg", image_bytes(20, 20)),
+        (f"{k + 6:06d}.txt", "\U0001f431\U0001f431".encode()),
     ]
 
 
-SKIPS = {"empty file": 1, "corrupt image": 1, "no caption": 1, "empty caption": 1, "caption not UTF-8": 1,
-         "no image": 1, "no known characters in caption": 1}
+SKIPS = {
+    "empty file": 1,
+    "corrupt image": 1,
+    "no caption": 1,
+    "empty caption": 1,
+    "caption not UTF-8": 1,
+    "no image": 1,
+    "no known characters in caption": 1,
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,11 +102,13 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sources")
     (tmp / "shards").mkdir()
     write_tar(tmp / "shards" / "00000.tar", shard_members(0))
-    write_tar(tmp / "shards" / "00001.tar", shard_members(100) + [("000199.jpg", image_bytes(64, 64, seed=9))],
-              cut=True)
+    write_tar(
+        tmp / "shards" / "00001.tar", shard_members(100) + [("000199.jpg", image_bytes(64, 64, seed=9))], cut=True
+    )
     write_tar(tmp / "shards" / "00003.tar", shard_members(300)[:6])
-    vq = VQGAN(VQConfig(resolution=16, ch=32, ch_mult=(1, 2), attn_resolutions=(), z_channels=8, embed_dim=8,
-                        n_embed=32)).eval()
+    vq = VQGAN(
+        VQConfig(resolution=16, ch=32, ch_mult=(1, 2), attn_resolutions=(), z_channels=8, embed_dim=8, n_embed=32)
+    ).eval()
     save_vq(vq, tmp / "vq")
     tok = CaptionBPE.train([*WORDS, "a cat on grass", "empty image truncated"], vocab_size=80, length=12)
     tok.save(tmp / "text")
@@ -96,8 +118,19 @@ def setup(tmp_path_factory):
 def run(setup, out, **kw):
     tmp, vq, tok = setup
     units = open_source(str(tmp / "shards" / "{00000..00003}.tar"))
-    return tokenize_units(units, vq, tok, tmp / out, vq_dir=tmp / "vq", text_dir=tmp / "text", image_size=16,
-                          batch_size=3, workers=2, progress=False, **kw)
+    return tokenize_units(
+        units,
+        vq,
+        tok,
+        tmp / out,
+        vq_dir=tmp / "vq",
+        text_dir=tmp / "text",
+        image_size=16,
+        batch_size=3,
+        workers=2,
+        progress=False,
+        **kw,
+    )
 
 
 def files(out) -> dict[str, bytes]:
@@ -111,7 +144,10 @@ def test_bad_samples_are_skipped_counted_and_listed(setup):
     assert ds.meta["image_size"] == [16, 16] and ds.meta["image_grid"] == [8, 8]
     # shard 0: 5 good; shard 1: 5 good, the rest cut off; shard 3: 2 good
     assert len(ds) == report["pairs"] == 12 and [s["name"] for s in ds.meta["shards"]] == [
-        "shard-00000", "shard-00001", "shard-00003"]
+        "shard-00000",
+        "shard-00001",
+        "shard-00003",
+    ]
     expected = {k: 2 * v for k, v in SKIPS.items()} | {"missing shard": 1, "unreadable shard": 1}
     assert report["skipped_by_reason"] == dict(sorted(expected.items())) and report["skipped"] == sum(expected.values())
     assert report["captions_with_unknown_characters"] == 4 and report["unknown_characters"] == "\U0001f431"
@@ -146,13 +182,27 @@ def test_folder_and_coco_sources(setup, tmp_path):
         (folder / f"img{i}.txt").write_text(caption)
     units = open_source(folder, chunk=3)
     assert [u.name.rpartition("[")[2] for u in units] == ["0:3]", "3:4]"]
-    coco = {"images": [{"id": i, "file_name": f"img{i}.jpg"} for i in range(4)] + [{"id": 9, "file_name": "gone.jpg"}],
-            "annotations": [{"image_id": i, "caption": c} for i, c in enumerate(WORDS)]
-                           + [{"image_id": 0, "caption": WORDS[3]}, {"image_id": 1, "caption": ""},
-                              {"image_id": 9, "caption": WORDS[0]}, {"image_id": 77, "caption": WORDS[1]}]}
+    coco = {
+        "images": [{"id": i, "file_name": f"img{i}.jpg"} for i in range(4)] + [{"id": 9, "file_name": "gone.jpg"}],
+        "annotations": [{"image_id": i, "caption": c} for i, c in enumerate(WORDS)]
+        + [
+            {"image_id": 0, "caption": WORDS[3]},
+            {"image_id": 1, "caption": ""},
+            {"image_id": 9, "caption": WORDS[0]},
+            {"image_id": 77, "caption": WORDS[1]},
+        ],
+    }
     (tmp_path / "captions.json").write_text(json.dumps(coco))
-    out = tokenize_units(open_source(tmp_path / "captions.json", folder), vq, tok, tmp_path / "coco", vq_dir=None,
-                         text_dir=None, image_size=16, progress=False)
+    out = tokenize_units(
+        open_source(tmp_path / "captions.json", folder),
+        vq,
+        tok,
+        tmp_path / "coco",
+        vq_dir=None,
+        text_dir=None,
+        image_size=16,
+        progress=False,
+    )
     rows, captions = TokenizedDataset(out).rows(np.arange(5))
     assert captions == [WORDS[0], WORDS[3], *WORDS[1:]]  # image 0 has two captions: one encoding, two rows
     assert (rows["image"][0] == rows["image"][1]).all()
@@ -163,21 +213,49 @@ def test_folder_and_coco_sources(setup, tmp_path):
 
 def test_cli_reports_and_refuses_other_data_in_the_same_folder(setup, capsys):
     tmp = setup[0]
-    argv = ["tokenize", "--data", str(tmp / "shards"), "--vq", str(tmp / "vq"), "--text", str(tmp / "text"),
-            "--out", str(tmp / "cli"), "--workers", "1"]
+    argv = [
+        "tokenize",
+        "--data",
+        str(tmp / "shards"),
+        "--vq",
+        str(tmp / "vq"),
+        "--text",
+        str(tmp / "text"),
+        "--out",
+        str(tmp / "cli"),
+        "--workers",
+        "1",
+    ]
     assert cli_main(argv) == 0
     err = capsys.readouterr().err
     assert "magvlt: tokenized 12 pairs (12 images) from 3 units; skipped 15" in err  # no 00002 in a folder
     assert TokenizedDataset(tmp / "cli").meta["image_size"] == [16, 16]  # the VQ-GAN's resolution by default
     assert cli_main([*argv, "--image-size", "32"]) == 2
     assert "holds the tokens of other data" in capsys.readouterr().err
-    both = [*argv[:2], str(tmp / "shards" / "00000.tar"), str(tmp / "shards" / "00003.tar"), *argv[3:7], "--out",
-            str(tmp / "both")]
+    both = [
+        *argv[:2],
+        str(tmp / "shards" / "00000.tar"),
+        str(tmp / "shards" / "00003.tar"),
+        *argv[3:7],
+        "--out",
+        str(tmp / "both"),
+    ]
     assert cli_main(both) == 0 and len(TokenizedDataset(tmp / "both")) == 7  # several sources joined
 
 
 def test_an_image_size_the_vq_gan_cannot_halve_is_refused(setup, capsys):
     tmp = setup[0]
-    argv = ["tokenize", "--data", str(tmp / "shards"), "--vq", str(tmp / "vq"), "--text", str(tmp / "text"),
-            "--out", str(tmp / "odd"), "--image-size", "18"]
+    argv = [
+        "tokenize",
+        "--data",
+        str(tmp / "shards"),
+        "--vq",
+        str(tmp / "vq"),
+        "--text",
+        str(tmp / "text"),
+        "--out",
+        str(tmp / "odd"),
+        "--image-size",
+        "18",
+    ]
     assert cli_main(argv) == 2 and "must be a multiple of 4" in capsys.readouterr().err

@@ -1,9 +1,9 @@
 import json
-import random
 
 import numpy as np
 import pytest
 import torch
+from synthetic import COLORS, SHAPES, write_synthetic
 
 from magvlt.cli import main as cli_main
 from magvlt.config import VQConfig
@@ -13,11 +13,15 @@ from magvlt.data.tokenized import BatchStream, EpochOrder, ShardWriter, Tokenize
 from magvlt.errors import UserError
 from magvlt.text import CaptionBPE
 from magvlt.vq import VQGAN, save_vq
-from synthetic import COLORS, SHAPES, write_synthetic
 
 
 def test_derived_seeds_differ_by_purpose_and_arity():
-    seeds = [derive_seed("masks", 0, 5), derive_seed("masks", 0, 5, 0), derive_seed("task", 0, 5), derive_seed("masks", 0, 6)]
+    seeds = [
+        derive_seed("masks", 0, 5),
+        derive_seed("masks", 0, 5, 0),
+        derive_seed("task", 0, 5),
+        derive_seed("masks", 0, 6),
+    ]
     assert len(set(seeds)) == 4 and derive_seed("masks", 0, 5) == seeds[0] and 0 <= min(seeds) and max(seeds) < 2**63
 
 
@@ -39,7 +43,13 @@ def test_shards_round_trip_in_any_order(tmp_path):
 
 def test_text_ids_of_a_large_vocabulary_are_int32(tmp_path):
     writer = ShardWriter(tmp_path, {"image_vocab": 16384, "text_vocab": 49408, "image_grid": [1, 2], "text_len": 3})
-    rows = {"image": [[16383, 0]], "image_half_w": [[1]], "image_half_h": [[2, 3]], "text": [[49406, 40000, 49407]], "length": [3]}
+    rows = {
+        "image": [[16383, 0]],
+        "image_half_w": [[1]],
+        "image_half_h": [[2, 3]],
+        "text": [[49406, 40000, 49407]],
+        "length": [3],
+    }
     writer.add({k: np.array(v) for k, v in rows.items()}, ["x"])
     writer.close()
     ds = TokenizedDataset(tmp_path)
@@ -127,10 +137,15 @@ def test_batch_larger_than_the_data_or_not_divisible_is_refused(tmp_path):
 def test_bpe_dropout_retokenizes_reproducibly_per_micro_batch(tmp_path):
     captions = ["a large red circle on the left", "a small blue square above a large green triangle"] * 10
     tok = CaptionBPE.train(captions, vocab_size=120, length=64)
-    writer = ShardWriter(tmp_path, {"image_vocab": 4, "text_vocab": tok.vocab_size, "image_grid": [1, 2], "text_len": 64})
+    writer = ShardWriter(
+        tmp_path, {"image_vocab": 4, "text_vocab": tok.vocab_size, "image_grid": [1, 2], "text_len": 64}
+    )
     ids, lengths = tok.encode(captions)
     z = np.zeros((20, 2), dtype=np.int64)
-    writer.add({"image": z, "image_half_w": z[:, :1], "image_half_h": z, "text": ids.numpy(), "length": lengths.numpy()}, captions)
+    writer.add(
+        {"image": z, "image_half_w": z[:, :1], "image_half_h": z, "text": ids.numpy(), "length": lengths.numpy()},
+        captions,
+    )
     ds = TokenizedDataset(writer.close())
 
     def batches(**kw):
@@ -162,7 +177,9 @@ CAPTIONS = ["a red circle", "a blue square", "a green triangle"]
 @pytest.fixture
 def tokenizers(tmp_path):
     """A random 16x16 -> 8x8 VQ-GAN of 32 codes and a caption BPE, saved in tmp_path/vq and tmp_path/text."""
-    vq = VQGAN(VQConfig(resolution=16, ch=32, ch_mult=(1, 2), attn_resolutions=(), z_channels=8, embed_dim=8, n_embed=32)).eval()
+    vq = VQGAN(
+        VQConfig(resolution=16, ch=32, ch_mult=(1, 2), attn_resolutions=(), z_channels=8, embed_dim=8, n_embed=32)
+    ).eval()
     save_vq(vq, tmp_path / "vq")
     tok = CaptionBPE.train(CAPTIONS, vocab_size=60, length=8)
     tok.save(tmp_path / "text")
@@ -173,8 +190,18 @@ def test_tokenize_pairs_encodes_three_sizes_and_records_the_tokenizers(tmp_path,
     vq, tok = tokenizers
     captions = CAPTIONS
     images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
-    out = tokenize_pairs(images, captions, vq, tok, tmp_path / "data", vq_dir=tmp_path / "vq", text_dir=tmp_path / "text",
-                         shard_size=2, batch_size=2, progress=False)
+    out = tokenize_pairs(
+        images,
+        captions,
+        vq,
+        tok,
+        tmp_path / "data",
+        vq_dir=tmp_path / "vq",
+        text_dir=tmp_path / "text",
+        shard_size=2,
+        batch_size=2,
+        progress=False,
+    )
     ds = TokenizedDataset(out)
     meta = ds.meta
     assert meta["count"] == 3 and meta["image_grid"] == [8, 8] and meta["image_vocab"] == 32
@@ -183,8 +210,12 @@ def test_tokenize_pairs_encodes_three_sizes_and_records_the_tokenizers(tmp_path,
     rows, kept = ds.rows(np.arange(3))
     assert kept == captions
     assert torch.equal(rows["image"], vq.encode(images).flatten(1))
-    assert torch.equal(rows["image_half_w"], vq.encode(squeeze(images, "w")).flatten(1)) and rows["image_half_w"].shape == (3, 32)
-    assert torch.equal(rows["image_half_h"], vq.encode(squeeze(images, "h")).flatten(1)) and rows["image_half_h"].shape == (3, 32)
+    assert torch.equal(rows["image_half_w"], vq.encode(squeeze(images, "w")).flatten(1)) and rows[
+        "image_half_w"
+    ].shape == (3, 32)
+    assert torch.equal(rows["image_half_h"], vq.encode(squeeze(images, "h")).flatten(1)) and rows[
+        "image_half_h"
+    ].shape == (3, 32)
     ids, lengths = tok.encode(captions)
     assert torch.equal(rows["text"], ids) and torch.equal(rows["length"], lengths)
     with pytest.raises(UserError, match="2 images but 3 captions"):
@@ -195,8 +226,19 @@ def test_tokenize_cli_reads_pairs_from_disk(tmp_path, tokenizers, capsys):
     vq, tok = tokenizers
     images = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
     write_pairs(tmp_path / "pairs", images, CAPTIONS, shard_size=2)
-    argv = ["tokenize", "--data", str(tmp_path / "pairs"), "--vq", str(tmp_path / "vq"), "--text", str(tmp_path / "text"),
-            "--out", str(tmp_path / "data"), "--shard-size", "2"]
+    argv = [
+        "tokenize",
+        "--data",
+        str(tmp_path / "pairs"),
+        "--vq",
+        str(tmp_path / "vq"),
+        "--text",
+        str(tmp_path / "text"),
+        "--out",
+        str(tmp_path / "data"),
+        "--shard-size",
+        "2",
+    ]
     assert cli_main(argv) == 0
     rows, captions = TokenizedDataset(tmp_path / "data").rows(np.arange(3))
     assert captions == CAPTIONS and torch.equal(rows["image"], vq.encode(images).flatten(1))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synthetic import SUBPROCESS_ENV, write_synthetic
 
 from magvlt.checkpoint import load_torch, load_weights
 from magvlt.cli import main as cli_main
@@ -18,7 +19,6 @@ from magvlt.errors import UserError
 from magvlt.model import Transformer
 from magvlt.train import loop, rundir
 from magvlt.train.loop import evaluate_masked_accuracy, lr_at, param_groups, train
-from synthetic import SUBPROCESS_ENV, write_synthetic
 
 
 def tiny_config(**kw) -> TrainConfig:
@@ -44,7 +44,9 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
 
 
 def test_no_weight_decay_on_norms_biases_embeddings():
-    model = Transformer(ModelConfig(n_layer=1, n_head=2, n_embd=16, image_vocab=8, image_grid=(2, 2), text_vocab=8, text_len=4))
+    model = Transformer(
+        ModelConfig(n_layer=1, n_head=2, n_embd=16, image_vocab=8, image_grid=(2, 2), text_vocab=8, text_len=4)
+    )
     decay, rest = param_groups(model, 0.01)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
@@ -57,12 +59,19 @@ def test_no_weight_decay_on_norms_biases_embeddings():
 @pytest.mark.slow
 def test_training_learns_and_writes_the_run_directory(tmp_path):
     data, held = write_synthetic(tmp_path / "data"), write_synthetic(tmp_path / "held", n=128, seed=1)
-    out = train(tiny_config(steps=40, batch_size=32, log_every=5, ckpt_every=20), data, tmp_path / "run", progress=False)
+    out = train(
+        tiny_config(steps=40, batch_size=32, log_every=5, ckpt_every=20), data, tmp_path / "run", progress=False
+    )
 
     for name in ("config.json", "model.safetensors", "train_state.pt", "metrics.jsonl", "loss.png"):
         assert (out / name).is_file(), name
     cfg = load_json(TrainConfig, out / "config.json")
-    assert (cfg.model.image_vocab, cfg.model.image_grid, cfg.model.text_vocab, cfg.model.text_len) == (16, (4, 4), 12, 6)
+    assert (cfg.model.image_vocab, cfg.model.image_grid, cfg.model.text_vocab, cfg.model.text_len) == (
+        16,
+        (4, 4),
+        12,
+        6,
+    )
     model = Transformer(cfg.model)
     model.load_state_dict(load_weights(out / "model.safetensors"), strict=True)
     state = load_torch(out / "train_state.pt")  # weights_only=True
@@ -83,10 +92,32 @@ def test_training_learns_and_writes_the_run_directory(tmp_path):
 
 
 def _train_cli(data: Path, out: Path, *args: str) -> subprocess.Popen:
-    overrides = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "batch_size=16", "lr=2e-3", "warmup_steps=4",
-                 "log_every=2", "ckpt_every=4", "bpe_dropout=0.2"]
-    cmd = [sys.executable, "-c", "import sys; from magvlt.cli import main; sys.exit(main())", "train", "--config", "tiny",
-           "--data", str(data), "--out", str(out), "--no-progress", *args, *overrides]
+    overrides = [
+        "model.n_layer=2",
+        "model.n_head=2",
+        "model.n_embd=64",
+        "batch_size=16",
+        "lr=2e-3",
+        "warmup_steps=4",
+        "log_every=2",
+        "ckpt_every=4",
+        "bpe_dropout=0.2",
+    ]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from magvlt.cli import main; sys.exit(main())",
+        "train",
+        "--config",
+        "tiny",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--no-progress",
+        *args,
+        *overrides,
+    ]
     return subprocess.Popen(cmd, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -105,7 +136,10 @@ def test_sigkilled_run_resumes_bitwise_equal(tmp_path):
     resumed = _train_cli(data, tmp_path / "killed", "--steps", "12", "--resume")
     assert resumed.wait() == 0, resumed.stdout.read()
     assert full.wait() == 0, full.stdout.read()
-    a, b = load_weights(tmp_path / "full" / "model.safetensors"), load_weights(tmp_path / "killed" / "model.safetensors")
+    a, b = (
+        load_weights(tmp_path / "full" / "model.safetensors"),
+        load_weights(tmp_path / "killed" / "model.safetensors"),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     sa, sb = load_torch(tmp_path / "full" / "train_state.pt"), load_torch(tmp_path / "killed" / "train_state.pt")
     assert sa["data"] == sb["data"] and sa["step"] == sb["step"] == 12
@@ -124,8 +158,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
             return loss * math.nan, {**metrics, "loss": math.nan}
         return loss, metrics
 
-    monkeypatch.setattr(loop.TrainingObjective, "forward",
-                        lambda self, batch, generator, task: poisoned(self.model, batch, self.cfg, task, generator))
+    monkeypatch.setattr(
+        loop.TrainingObjective,
+        "forward",
+        lambda self, batch, generator, task: poisoned(self.model, batch, self.cfg, task, generator),
+    )
     with pytest.raises(UserError, match=r"diverged at step 7: loss nan.*last good checkpoint \(step 4\)"):
         train(tiny_config(), data, tmp_path / "run", progress=False)
     assert load_torch(tmp_path / "run" / "train_state.pt")["step"] == 4
@@ -166,10 +203,16 @@ def test_cli_refuses_bad_input(tmp_path, capsys):
     cases = [
         (["--config", "tiny", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")], "meta.json not found"),
         (["--config", "huge", "--data", str(data), "--out", str(tmp_path / "r")], "unknown preset 'huge'"),
-        (["--config", "tiny", "--data", str(data), "--out", str(tmp_path / "r"), "model.depth=3"], "unknown config field"),
+        (
+            ["--config", "tiny", "--data", str(data), "--out", str(tmp_path / "r"), "model.depth=3"],
+            "unknown config field",
+        ),
         (["--data", str(data), "--out", str(tmp_path / "r")], "--config PRESET is required"),
         (["--data", str(data), "--out", str(tmp_path / "r"), "--resume"], "nothing to resume"),
-        (["--config", "tiny", "--data", str(data), "--out", str(tmp_path / "r"), "grad_accum=4", "batch_size=10"], "divisible"),
+        (
+            ["--config", "tiny", "--data", str(data), "--out", str(tmp_path / "r"), "grad_accum=4", "batch_size=10"],
+            "divisible",
+        ),
     ]
     for argv, message in cases:
         assert _cli(*argv) == 2

@@ -3,6 +3,7 @@
 The VQ-GAN is swapped for an exact palette quantizer (each 2x2 patch -> its color and which pixels are on), so
 the test measures the transformer and its decoding, not an image tokenizer that would need minutes to train.
 """
+
 import dataclasses
 
 import numpy as np
@@ -86,11 +87,20 @@ def test_trained_model_beats_untrained_under_the_judge(tmp_path, one_thread):
     tok = CaptionBPE.train(captions, vocab_size=96, length=20)
     tok.save(tmp_path / "text")
     quantizer = PaletteQuantizer()
-    tokenize_pairs(images, captions, quantizer, tok, tmp_path / "data", vq_dir=None, text_dir=tmp_path / "text",
-                   progress=False)
-    cfg = TrainConfig(model=ModelConfig(n_layer=2, n_head=2, n_embd=64, dropout=0.0, attn_dropout=0.0),
-                      objective=ObjectiveConfig(task_weights=(1.0, 1.0, 0.0), unroll_mask=False, mix="off"),
-                      steps=300, batch_size=32, lr=3e-3, warmup_steps=20, bpe_dropout=0.0, precision="fp32", ckpt_every=1000)
+    tokenize_pairs(
+        images, captions, quantizer, tok, tmp_path / "data", vq_dir=None, text_dir=tmp_path / "text", progress=False
+    )
+    cfg = TrainConfig(
+        model=ModelConfig(n_layer=2, n_head=2, n_embd=64, dropout=0.0, attn_dropout=0.0),
+        objective=ObjectiveConfig(task_weights=(1.0, 1.0, 0.0), unroll_mask=False, mix="off"),
+        steps=300,
+        batch_size=32,
+        lr=3e-3,
+        warmup_steps=20,
+        bpe_dropout=0.0,
+        precision="fp32",
+        ckpt_every=1000,
+    )
     train(cfg, tmp_path / "data", tmp_path / "run", progress=False)
     model_cfg = load_json(TrainConfig, tmp_path / "run" / "config.json").model
     trained = Transformer(model_cfg)

@@ -1,4 +1,5 @@
 """The image tokenizer: taming checkpoint format, encode/decode contracts, bad input, save/load, training."""
+
 import dataclasses
 import json
 
@@ -6,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from magvlt.precision import autocast, use_bf16
-
 from magvlt.config import VQ_PRESETS, VQConfig, preset
 from magvlt.errors import UserError
+from magvlt.precision import autocast, use_bf16
 from magvlt.vq import VQGAN, load_taming, load_vq, save_vq, to_rgb_uint8
 
 # Names and shapes read from taming-transformers' Encoder/Decoder/VectorQuantizer2 under the
@@ -73,7 +73,10 @@ def test_foreign_checkpoints_are_refused_with_the_mismatch(tmp_path):
         load_taming(tmp_path / "renamed.ckpt", cfg=model.cfg)
 
     torch.save({"state_dict": sd}, tmp_path / "tiny.ckpt")
-    with pytest.raises(UserError, match=r"missing 194 key.*unexpected 34 key.*146 shape mismatch.*decoder\.conv_in\.bias \(64,\) \(expected \(512,\)\)"):
+    with pytest.raises(
+        UserError,
+        match=r"missing 194 key.*unexpected 34 key.*146 shape mismatch.*decoder\.conv_in\.bias \(64,\) \(expected \(512,\)\)",
+    ):
         load_taming(tmp_path / "tiny.ckpt")  # the f16 architecture by default
     with pytest.raises(UserError, match=r"quantize\.embedding\.weight \(512, 32\) \(expected \(1024, 32\)\)"):
         load_taming(tmp_path / "tiny.ckpt", cfg=VQConfig(n_embed=1024))
@@ -159,7 +162,7 @@ def test_pixel_formats_convert_as_documented():
     rgba_batch = np.concatenate([rgb(2), np.full((2, 32, 32, 1), 255, np.uint8)], -1)
     assert torch.equal(model.encode(rgba_batch), model.encode(rgba_batch[..., :3]))
     assert model.encode(rgb(2)[..., 0]).shape == (2, 8, 8)  # a grayscale batch [B, H, W]
-    assert model.encode((rgb(2).astype(np.uint16) * 257)).shape == (2, 8, 8)
+    assert model.encode(rgb(2).astype(np.uint16) * 257).shape == (2, 8, 8)
 
 
 def test_bad_input_raises_user_errors():
@@ -222,8 +225,17 @@ def test_short_training_lowers_loss_and_restarts_dead_codes(tmp_path):
     cfg = VQConfig(ch=32, z_channels=32, embed_dim=32, n_embed=128, ema_decay=0.9, dead_code_fraction=0.25)
     torch.manual_seed(0)
     before = evaluate(VQGAN(cfg), images[:128])
-    model, stats = train_vq(images, cfg, minutes=0, steps=20, batch_size=8, seed=0, out=tmp_path / "vq",
-                            val_images=images[:128], progress=False)
+    model, stats = train_vq(
+        images,
+        cfg,
+        minutes=0,
+        steps=20,
+        batch_size=8,
+        seed=0,
+        out=tmp_path / "vq",
+        val_images=images[:128],
+        progress=False,
+    )
     assert stats["steps"] == 20 and stats["restarts"] > 0
     assert stats["psnr"] > before["psnr"] + 5
     # Measured: 119 codes in use on these images; 40 with restarts off (dead_code_fraction=0).

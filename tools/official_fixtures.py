@@ -22,6 +22,7 @@ The official code offers no greedy mode; greedy here means its own options `txt_
 `txt_mask_sample_method=topk` for I2T, and strategy `maskgit` (rank by confidence, no Gumbel noise) with every
 categorical sample replaced by its argmax for T2I. The official code itself is never copied into the outputs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,21 +53,73 @@ PROMPTS = [
 ]
 
 TOKENIZER_STRINGS = PROMPTS + [
-    "", " ", "hello world", "Hello, World!", "don't stop", "it's a dog's life", "I'm here; you're there.",
-    "they'll go", "we've been", "she'd say", "1234 people", "room 101", "3.14159", "50% off", "$20",
-    "café au lait", "naïve résumé", "Ångström", "crème brûlée", "über", "piñata", "São Paulo",
-    "a cat -- on a mat", "well...", "yes!!!", "what?", "(parenthesis) [brackets] {braces}", "e-mail", "a/b",
-    "#hashtag @user", "C++ and C#", "multiple    spaces", "tab\tseparated", "new\nline", "UPPERCASE WORDS",
-    "MiXeD CaSe", "emoji 😀 here", "日本語 text", "ł and °", "quote \"double\"", "‘curly’ quotes", "semi;colon:colon",
-    "a " * 80, "The quick brown fox jumps over the lazy dog 0123456789 times.",
+    "",
+    " ",
+    "hello world",
+    "Hello, World!",
+    "don't stop",
+    "it's a dog's life",
+    "I'm here; you're there.",
+    "they'll go",
+    "we've been",
+    "she'd say",
+    "1234 people",
+    "room 101",
+    "3.14159",
+    "50% off",
+    "$20",
+    "café au lait",
+    "naïve résumé",
+    "Ångström",
+    "crème brûlée",
+    "über",
+    "piñata",
+    "São Paulo",
+    "a cat -- on a mat",
+    "well...",
+    "yes!!!",
+    "what?",
+    "(parenthesis) [brackets] {braces}",
+    "e-mail",
+    "a/b",
+    "#hashtag @user",
+    "C++ and C#",
+    "multiple    spaces",
+    "tab\tseparated",
+    "new\nline",
+    "UPPERCASE WORDS",
+    "MiXeD CaSe",
+    "emoji 😀 here",
+    "日本語 text",
+    "ł and °",
+    'quote "double"',
+    "‘curly’ quotes",
+    "semi;colon:colon",
+    "a " * 80,
+    "The quick brown fox jumps over the lazy dog 0123456789 times.",
 ]
 
 POST_CAPTION_STRINGS = [
-    "a dog dog playing with a ball", "a man riding a horse. on the beach", "the the the cat", "A Red Car",
-    ", a bowl of soup", "a black-and-white photo", "a plate with food/drink", "<person> riding a bike",
-    "< person > on a skateboard", "two  dogs   running", "a train on tracks.", "a cat sitting sitting on a mat .",
-    "...a bird", "a vase of flowers\n", "a <b>bold</b> move", "a sign that says stop stop", "hello",
-    "a man and a a woman", "a dog. a cat. a bird.", "kitchen with 3 ovens",
+    "a dog dog playing with a ball",
+    "a man riding a horse. on the beach",
+    "the the the cat",
+    "A Red Car",
+    ", a bowl of soup",
+    "a black-and-white photo",
+    "a plate with food/drink",
+    "<person> riding a bike",
+    "< person > on a skateboard",
+    "two  dogs   running",
+    "a train on tracks.",
+    "a cat sitting sitting on a mat .",
+    "...a bird",
+    "a vase of flowers\n",
+    "a <b>bold</b> move",
+    "a sign that says stop stop",
+    "hello",
+    "a man and a a woman",
+    "a dog. a cat. a bird.",
+    "kitchen with 3 ovens",
 ]
 
 
@@ -82,14 +135,20 @@ def official_config(repo: Path):
     cfg = OmegaConf.load(repo / "configs" / "magvlt-it2it-base-sampling.yaml")
     cfg.stage1.n_embed, cfg.stage1.embed_dim = IMG_VOCAB, VQ["embed_dim"]
     cfg.stage1.hparams.update(
-        ch=VQ["ch"], ch_mult=VQ["ch_mult"], num_res_blocks=VQ["num_res_blocks"], resolution=VQ["resolution"],
-        z_channels=VQ["z_channels"], attn_resolutions=[IMG_SIDE],
+        ch=VQ["ch"],
+        ch_mult=VQ["ch_mult"],
+        num_res_blocks=VQ["num_res_blocks"],
+        resolution=VQ["resolution"],
+        z_channels=VQ["z_channels"],
+        attn_resolutions=[IMG_SIDE],
     )
     cfg.stage2.vocab_size_img = IMG_VOCAB
     cfg.stage2.hparams.update(embed_dim=WIDTH, n_layers=LAYERS, n_heads=HEADS, ctx_len_img=IMG_SIDE * IMG_SIDE)
     cfg.stage2.mask_hparams.t2i_n_steps = cfg.sampling.img_num_steps  # as sampling_t2i.py does
     cfg.stage2.mask_hparams.i2t_n_steps = cfg.sampling.txt_num_steps  # as sampling_i2t.py does
-    cfg.sampling.update(txt_sample_method="argmax", txt_mask_sample_method="topk", txt_num_cand_samples=1, txt_sample_size=1)
+    cfg.sampling.update(
+        txt_sample_method="argmax", txt_mask_sample_method="topk", txt_num_cand_samples=1, txt_sample_size=1
+    )
     return cfg
 
 
@@ -100,7 +159,9 @@ def build(repo: Path):
 
     cfg = official_config(repo)
     tokutil = TokenizerUtils()
-    tokutil.build_tokenizer(cfg.dataset.tokenizer.type, cfg.dataset.tokenizer.hparams.context_length, lowercase=True, dropout=None)
+    tokutil.build_tokenizer(
+        cfg.dataset.tokenizer.type, cfg.dataset.tokenizer.hparams.context_length, lowercase=True, dropout=None
+    )
     torch.manual_seed(SEED)
     model = build_model(cfg, tokenizer=tokutil.tokenizer)
     peak(model.model)
@@ -246,7 +307,7 @@ class ArgmaxSampling:
     def __enter__(self):
         cat = torch.distributions.categorical.Categorical
         self.saved = cat.sample
-        cat.sample = lambda dist, sample_shape=torch.Size(): dist.probs.argmax(dim=-1)
+        cat.sample = lambda dist, sample_shape=None: dist.probs.argmax(dim=-1)
 
     def __exit__(self, *exc):
         torch.distributions.categorical.Categorical.sample = self.saved
@@ -261,9 +322,15 @@ def greedy_t2i(cfg, model, txt, txt_mask, strategy="maskgit", inpaint=None):
     decode = model.model_vqvae.decode_code
     model.model_vqvae.decode_code = lambda code: captured.append(code.clone()) or decode(code)
     kwargs = dict(
-        txt=txt, txt_mask=txt_mask, ctx_len_img=cfg.stage2.hparams.ctx_len_img,
-        n_steps=cfg.stage2.mask_hparams.t2i_n_steps, strategy=strategy, temp_st=cfg.sampling.img_temperature_start,
-        temp_end=cfg.sampling.img_temperature_end, multi_temp_st=0.0, multi_temp_end=0.0,
+        txt=txt,
+        txt_mask=txt_mask,
+        ctx_len_img=cfg.stage2.hparams.ctx_len_img,
+        n_steps=cfg.stage2.mask_hparams.t2i_n_steps,
+        strategy=strategy,
+        temp_st=cfg.sampling.img_temperature_start,
+        temp_end=cfg.sampling.img_temperature_end,
+        multi_temp_st=0.0,
+        multi_temp_end=0.0,
     )
     try:
         with ArgmaxSampling():
@@ -324,8 +391,12 @@ PROBE_STRIDE, PROBE_TOP = 389, 16
 def vocab_probe(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     """A compact exact record of [..., V] logits: every 389th id, the top-16 ids and values, the logsumexp."""
     values, ids = logits.topk(PROBE_TOP, dim=-1)
-    return {"strided": logits[..., ::PROBE_STRIDE].contiguous(), "top_values": values, "top_ids": ids.int(),
-            "logsumexp": torch.logsumexp(logits, dim=-1)}
+    return {
+        "strided": logits[..., ::PROBE_STRIDE].contiguous(),
+        "top_values": values,
+        "top_ids": ids.int(),
+        "logsumexp": torch.logsumexp(logits, dim=-1),
+    }
 
 
 def main() -> None:
@@ -383,8 +454,17 @@ def main() -> None:
     record = {
         "official_commit": "4654615",
         "seed": SEED,
-        "architecture": {"width": WIDTH, "layers": LAYERS, "heads": HEADS, "vocab_img": IMG_VOCAB, "vocab_txt": 49408,
-                         "ctx_len_img": IMG_SIDE * IMG_SIDE, "ctx_len_txt": TXT_CTX, "special_tokens": 10, "vq": VQ},
+        "architecture": {
+            "width": WIDTH,
+            "layers": LAYERS,
+            "heads": HEADS,
+            "vocab_img": IMG_VOCAB,
+            "vocab_txt": 49408,
+            "ctx_len_img": IMG_SIDE * IMG_SIDE,
+            "ctx_len_txt": TXT_CTX,
+            "special_tokens": 10,
+            "vq": VQ,
+        },
         "sampling": {k: cfg.sampling[k] for k in cfg.sampling},
         "t2i_steps": cfg.stage2.mask_hparams.t2i_n_steps,
         "i2t_steps": cfg.stage2.mask_hparams.i2t_n_steps,

@@ -1,4 +1,5 @@
 """`magvlt` command line: every module in this package registers its own subcommands."""
+
 from __future__ import annotations
 
 import argparse

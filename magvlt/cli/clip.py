@@ -1,4 +1,5 @@
 """`magvlt clip train|score`: the small contrastive image-text model used to rerank generated candidates."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,9 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="clip_command", required=True, metavar="ACTION")
 
     train = sub.add_parser("train", help="train the reranker with InfoNCE on image-caption pairs")
-    train.add_argument("--data", type=Path, required=True, help="image-caption pairs: a folder of {key}.png + {key}.txt or tar shards")
+    train.add_argument(
+        "--data", type=Path, required=True, help="image-caption pairs: a folder of {key}.png + {key}.txt or tar shards"
+    )
     train.add_argument("--text", type=Path, required=True, help="text tokenizer directory (use the run's text/)")
     train.add_argument("--out", type=Path, required=True, help="output scorer directory")
     train.add_argument("--minutes", type=float, default=5.0, help="wall-time budget (default 5)")
@@ -37,10 +40,22 @@ def run_train(args: argparse.Namespace) -> int:
     tok = load_text_tokenizer(args.text)
     images, captions = load_pairs(args.data)
     cfg = ContrastiveConfig(image_size=args.image_size or images.shape[1])
-    metrics = train_clip(images, captions, tok, args.out, minutes=args.minutes, steps=args.steps,
-                         batch_size=args.batch_size, lr=args.lr, cfg=cfg, seed=args.seed)
-    print(f"reranker saved in {args.out}: {metrics['steps']} steps, held-out image-to-text top-1 "
-          f"{metrics.get('heldout_i2t_top1', float('nan')):.3f} (batches of {metrics.get('heldout_batch', 0)})")
+    metrics = train_clip(
+        images,
+        captions,
+        tok,
+        args.out,
+        minutes=args.minutes,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        cfg=cfg,
+        seed=args.seed,
+    )
+    print(
+        f"reranker saved in {args.out}: {metrics['steps']} steps, held-out image-to-text top-1 "
+        f"{metrics.get('heldout_i2t_top1', float('nan')):.3f} (batches of {metrics.get('heldout_batch', 0)})"
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
 """`magvlt data shapes`: write a shapes-world split as image-caption pairs (tar shards or a folder)."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,16 +12,22 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("data", help="build datasets of image-caption pairs")
     sub = parser.add_subparsers(dest="data_command", required=True, metavar="DATASET")
     p = sub.add_parser(
-        "shapes", help="write a shapes-world split (spec: shared/specs/shapes-world.md)",
+        "shapes",
+        help="write a shapes-world split (spec: shared/specs/shapes-world.md)",
         description="Render samples start .. start+N-1 of a shapes-world split and write them as {key}.png + "
-                    "{key}.txt + {key}.json (the scene) in tar shards 00000.tar, ... or a plain folder.")
+        "{key}.txt + {key}.json (the scene) in tar shards 00000.tar, ... or a plain folder.",
+    )
     p.add_argument("--split", default="train", help="train, val, novel or counter (default train)")
     p.add_argument("--n", type=int, required=True, help="number of pairs")
     p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     p.add_argument("--start", type=int, default=0, help="index of the first sample (default 0)")
     p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
-    p.add_argument("--bias", type=float, default=0.0,
-                   help="probability that a train/val object's shape follows its color (default 0)")
+    p.add_argument(
+        "--bias",
+        type=float,
+        default=0.0,
+        help="probability that a train/val object's shape follows its color (default 0)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
     layout = p.add_mutually_exclusive_group()
     layout.add_argument("--tar", dest="tar", action="store_true", default=True, help="tar shards (default)")
@@ -48,8 +55,17 @@ def run_shapes(args: argparse.Namespace) -> int:
         index = args.start
         for images, captions, scenes in chunks:
             for image, caption, scene in zip(images, captions, scenes):
-                yield image, caption, {"scene": scene_to_json(scene), "split": args.split, "seed": args.seed,
-                                       "index": index, "bias": args.bias}
+                yield (
+                    image,
+                    caption,
+                    {
+                        "scene": scene_to_json(scene),
+                        "split": args.split,
+                        "seed": args.seed,
+                        "index": index,
+                        "bias": args.bias,
+                    },
+                )
                 index += 1
 
     with tqdm(samples(), total=args.n, desc=f"shapes {args.split}", unit="pair", disable=None) as bar:
@@ -68,10 +84,13 @@ def write_preview(args: argparse.Namespace) -> None:
     from magvlt.data.shapes import render_split
     from magvlt.eval.figures import Tile, grid
 
-    images, captions = render_split(args.split, min(args.n, PREVIEW_COLUMNS * PREVIEW_ROWS), args.seed, args.size,
-                                    args.bias, args.start)
+    images, captions = render_split(
+        args.split, min(args.n, PREVIEW_COLUMNS * PREVIEW_ROWS), args.seed, args.size, args.bias, args.start
+    )
     tiles = [Tile(image, caption) for image, caption in zip(images, captions)]
-    rows = {f"{args.split} #{args.start + lo}": tiles[lo : lo + PREVIEW_COLUMNS]
-            for lo in range(0, len(tiles), PREVIEW_COLUMNS)}
+    rows = {
+        f"{args.split} #{args.start + lo}": tiles[lo : lo + PREVIEW_COLUMNS]
+        for lo in range(0, len(tiles), PREVIEW_COLUMNS)
+    }
     picture = grid(rows)
     atomic_write(args.preview, lambda tmp: picture.save(tmp, format="PNG"))

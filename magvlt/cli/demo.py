@@ -1,4 +1,5 @@
 """`magvlt demo`: the main job, end to end on the built-in shapes world."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,23 +7,42 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="build data and tokenizers, train a small MAGVLT, evaluate, draw samples",
-                       description="Runs the whole method on the built-in shapes world (about 20 minutes on 2 CPU "
-                                   "cores). A second run reuses every finished stage unless --fresh is given.")
+    p = sub.add_parser(
+        "demo",
+        help="build data and tokenizers, train a small MAGVLT, evaluate, draw samples",
+        description="Runs the whole method on the built-in shapes world (about 20 minutes on 2 CPU "
+        "cores). A second run reuses every finished stage unless --fresh is given.",
+    )
     from magvlt.demo import DemoConfig
 
     d = DemoConfig()
     p.add_argument("--out", type=Path, default=d.out, help=f"output folder (default {d.out})")
-    p.add_argument("--minutes", type=float, default=d.minutes, help=f"training time of the transformer (default {d.minutes:g})")
-    p.add_argument("--vq-minutes", type=float, default=d.vq_minutes, help=f"training time of the VQ-GAN (default {d.vq_minutes:g})")
-    p.add_argument("--clip-minutes", type=float, default=d.clip_minutes,
-                   help=f"training time of the reranking scorer (default {d.clip_minutes:g})")
+    p.add_argument(
+        "--minutes", type=float, default=d.minutes, help=f"training time of the transformer (default {d.minutes:g})"
+    )
+    p.add_argument(
+        "--vq-minutes", type=float, default=d.vq_minutes, help=f"training time of the VQ-GAN (default {d.vq_minutes:g})"
+    )
+    p.add_argument(
+        "--clip-minutes",
+        type=float,
+        default=d.clip_minutes,
+        help=f"training time of the reranking scorer (default {d.clip_minutes:g})",
+    )
     p.add_argument("--n-train", type=int, default=d.n_train, help=f"training pairs (default {d.n_train})")
     p.add_argument("--n-eval", type=int, default=d.n_eval, help=f"pairs per evaluation split (default {d.n_eval})")
-    p.add_argument("--candidates", type=int, default=d.candidates,
-                   help=f"samples per input in the evaluation, the contrastive scorer keeps the best (default {d.candidates}; 1: no reranking)")
-    p.add_argument("--temperature", type=float, default=d.temperature,
-                   help=f"sampling temperature of the evaluation (default {d.temperature:g})")
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=d.candidates,
+        help=f"samples per input in the evaluation, the contrastive scorer keeps the best (default {d.candidates}; 1: no reranking)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=d.temperature,
+        help=f"sampling temperature of the evaluation (default {d.temperature:g})",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--fresh", action="store_true", help="rebuild every stage instead of reusing the cache")
     p.set_defaults(func=run)
@@ -36,7 +56,18 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("minutes must be positive, --n-train >= 256 and --n-eval >= 2")
     if args.candidates < 1 or args.temperature < 0:
         raise UserError("--candidates must be >= 1 and --temperature >= 0")
-    run_demo(DemoConfig(out=args.out, minutes=args.minutes, vq_minutes=args.vq_minutes, clip_minutes=args.clip_minutes,
-                        n_train=args.n_train, n_eval=args.n_eval, candidates=args.candidates,
-                        temperature=args.temperature, seed=args.seed, fresh=args.fresh))
+    run_demo(
+        DemoConfig(
+            out=args.out,
+            minutes=args.minutes,
+            vq_minutes=args.vq_minutes,
+            clip_minutes=args.clip_minutes,
+            n_train=args.n_train,
+            n_eval=args.n_eval,
+            candidates=args.candidates,
+            temperature=args.temperature,
+            seed=args.seed,
+            fresh=args.fresh,
+        )
+    )
     return 0

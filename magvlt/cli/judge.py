@@ -1,4 +1,5 @@
 """`magvlt judge images|captions`: the shapes-world judge on generated images or captions, printed and saved as JSON."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,27 +13,46 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("judge", help="score generated shapes-world images or captions exactly")
     sub = parser.add_subparsers(dest="judge_command", required=True, metavar="WHAT")
     p = sub.add_parser(
-        "images", help="parse generated images into scenes and compare them with their captions",
+        "images",
+        help="parse generated images into scenes and compare them with their captions",
         description="Exact accuracy, per-attribute accuracy (size, color, shape, position) and counts of "
-                    "generated images against the captions they were generated from.")
-    p.add_argument("--dir", type=Path, required=True,
-                   help="image-caption pairs (folder, tar shards or one .tar), or with --captions a folder of "
-                        "numbered images (0.png, 1.png, ...)")
-    p.add_argument("--captions", type=Path,
-                   help="the prompts of the numbered images: one caption per line in image order, or JSON lines "
-                        '{"key": IMAGE_NAME_WITHOUT_EXTENSION, "caption": ...}')
+        "generated images against the captions they were generated from.",
+    )
+    p.add_argument(
+        "--dir",
+        type=Path,
+        required=True,
+        help="image-caption pairs (folder, tar shards or one .tar), or with --captions a folder of "
+        "numbered images (0.png, 1.png, ...)",
+    )
+    p.add_argument(
+        "--captions",
+        type=Path,
+        help="the prompts of the numbered images: one caption per line in image order, or JSON lines "
+        '{"key": IMAGE_NAME_WITHOUT_EXTENSION, "caption": ...}',
+    )
     p.add_argument("--out", type=Path, help="JSON report (default DIR/judge.json)")
     p.set_defaults(func=run_images)
     c = sub.add_parser(
-        "captions", help="parse generated captions and compare them with reference scenes",
+        "captions",
+        help="parse generated captions and compare them with reference scenes",
         description="Exact accuracy, per-attribute accuracy, the rate of captions outside the grammar and counts "
-                    "of generated captions against reference scenes.")
-    c.add_argument("--file", type=Path, required=True,
-                   help='generated captions: one per line, or JSON lines {"key": ..., "caption": ...}')
-    c.add_argument("--refs", type=Path, required=True,
-                   help="reference pairs (folder, tar shards or .tar; their .json scene, else their caption) or a "
-                        "file of reference captions in the format of --file; matched by key when both have keys, "
-                        "else by order")
+        "of generated captions against reference scenes.",
+    )
+    c.add_argument(
+        "--file",
+        type=Path,
+        required=True,
+        help='generated captions: one per line, or JSON lines {"key": ..., "caption": ...}',
+    )
+    c.add_argument(
+        "--refs",
+        type=Path,
+        required=True,
+        help="reference pairs (folder, tar shards or .tar; their .json scene, else their caption) or a "
+        "file of reference captions in the format of --file; matched by key when both have keys, "
+        "else by order",
+    )
     c.add_argument("--out", type=Path, help="JSON report (default FILE's name with .judge.json)")
     c.set_defaults(func=run_captions)
 
@@ -57,7 +77,9 @@ def _read_captions(path: Path) -> list[tuple[str | None, str]]:
             record = json.loads(line)
             out.append((None if record.get("key") is None else str(record["key"]), str(record["caption"])))
         except (json.JSONDecodeError, AttributeError, KeyError):
-            raise UserError(f'{path}:{i}: expected a JSON object with "caption" (and "key"), got {line[:80]!r}') from None
+            raise UserError(
+                f'{path}:{i}: expected a JSON object with "caption" (and "key"), got {line[:80]!r}'
+            ) from None
     return out
 
 
@@ -73,7 +95,9 @@ def _numbered_images(folder: Path) -> list[tuple[str, object]]:
     return [(f.stem, decode_image(f.read_bytes(), str(f))) for f in files]
 
 
-def _align(items: list[tuple[str | None, object]], refs: list[tuple[str | None, object]], what: str) -> tuple[list, list]:
+def _align(
+    items: list[tuple[str | None, object]], refs: list[tuple[str | None, object]], what: str
+) -> tuple[list, list]:
     """Pair items with references by key when both carry keys, else by position."""
     from magvlt.errors import UserError
 
@@ -132,8 +156,10 @@ def run_captions(args: argparse.Namespace) -> int:
     if args.refs.is_file() and args.refs.suffix != ".tar":
         refs = _read_captions(args.refs)
     else:
-        refs = [(p.key, scene_from_json(p.meta["scene"]) if p.meta and "scene" in p.meta else p.caption)
-                for p in iter_pairs(args.refs)]
+        refs = [
+            (p.key, scene_from_json(p.meta["scene"]) if p.meta and "scene" in p.meta else p.caption)
+            for p in iter_pairs(args.refs)
+        ]
     captions, references = _align(generated, refs, "captions")
     result = judge_captions(captions, references)
     result.update(source=str(args.file), references=str(args.refs))

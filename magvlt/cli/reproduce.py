@@ -1,4 +1,5 @@
 """`magvlt reproduce`: the ablation grid of the paper's Tables 1/3, 6 and 7 on the shapes world."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,10 +7,13 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reproduce", help="train the paper's ablation grid on the shapes world and print its tables",
-                       description="MAGVLT vs ARGVLT, task mixes, and UnrollMask/MixSel/MixRandom on biased data, "
-                                   "equal updates per run, at least 2 seeds; about 90 minutes on 2 cores "
-                                   "(--quick: minutes). Reuses the demo's tokenizers (built if missing).")
+    p = sub.add_parser(
+        "reproduce",
+        help="train the paper's ablation grid on the shapes world and print its tables",
+        description="MAGVLT vs ARGVLT, task mixes, and UnrollMask/MixSel/MixRandom on biased data, "
+        "equal updates per run, at least 2 seeds; about 90 minutes on 2 cores "
+        "(--quick: minutes). Reuses the demo's tokenizers (built if missing).",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/reproduce"))
     p.add_argument("--demo-dir", type=Path, default=Path("runs/demo"), help="where the demo's tokenizers live")
     p.add_argument("--steps", type=int, help="updates per run (default 250; --quick 30)")

@@ -1,4 +1,5 @@
 """`magvlt serve`: the JSON API and the page for a run directory, on uvicorn (FastAPI is imported on use)."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,9 +10,12 @@ from magvlt.errors import UserError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("serve", help="serve a run over HTTP: JSON API (/docs) and a web page (/)",
-                              description="Loads a run directory and serves /v1/t2i, /v1/i2t, /v1/inpaint, "
-                                          "/v1/infill, /v1/pairs, refinement streams and the page at /.")
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a run over HTTP: JSON API (/docs) and a web page (/)",
+        description="Loads a run directory and serves /v1/t2i, /v1/i2t, /v1/inpaint, "
+        "/v1/infill, /v1/pairs, refinement streams and the page at /.",
+    )
     p.add_argument("--model", type=Path, required=True, help="run directory (`magvlt train`, runs/demo/model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")

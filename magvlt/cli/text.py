@@ -1,4 +1,5 @@
 """`magvlt text train|encode`: train a caption BPE, or show how a tokenizer splits text."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """`magvlt vq train|eval`: train the image tokenizer on image-caption pairs, or measure a saved one."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,20 +11,35 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("vq", help="image tokenizer (VQ-GAN): train, evaluate")
     sub = parser.add_subparsers(dest="vq_command", required=True, metavar="ACTION")
 
-    train = sub.add_parser("train", help="train a VQ-GAN on the images of a pairs folder for a time budget",
-                           description="Train a VQ-GAN (EMA codebook, k-means init, dead-code restart). "
-                           "Overrides set VQConfig fields, e.g. n_embed=1024 dead_code_fraction=0.1 rec_loss=l2.")
-    train.add_argument("--data", type=Path, required=True, help="pairs: folder of tar shards or of {key}.png + {key}.txt")
+    train = sub.add_parser(
+        "train",
+        help="train a VQ-GAN on the images of a pairs folder for a time budget",
+        description="Train a VQ-GAN (EMA codebook, k-means init, dead-code restart). "
+        "Overrides set VQConfig fields, e.g. n_embed=1024 dead_code_fraction=0.1 rec_loss=l2.",
+    )
+    train.add_argument(
+        "--data", type=Path, required=True, help="pairs: folder of tar shards or of {key}.png + {key}.txt"
+    )
     train.add_argument("--out", type=Path, required=True, help="directory to save config.json and model.safetensors in")
     train.add_argument("--minutes", type=float, default=6.0, help="wall-clock training budget")
     train.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: only the time budget)")
-    train.add_argument("--config", default="tiny", help="VQ preset: tiny (32x32 -> 8x8, 512 codes), tiny-patch (each 4x4 patch coded on its own, 1,024 codes) or f16_16384")
+    train.add_argument(
+        "--config",
+        default="tiny",
+        help="VQ preset: tiny (32x32 -> 8x8, 512 codes), tiny-patch (each 4x4 patch coded on its own, 1,024 codes) or f16_16384",
+    )
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--val", type=Path, help="pairs to report PSNR and codebook usage on (default: 512 training images)")
-    train.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                       help="bf16 autocast or fp32 (default auto: bf16 where the hardware has fast bf16)")
+    train.add_argument(
+        "--val", type=Path, help="pairs to report PSNR and codebook usage on (default: 512 training images)"
+    )
+    train.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="bf16 autocast or fp32 (default auto: bf16 where the hardware has fast bf16)",
+    )
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="VQConfig field overrides")
     train.set_defaults(func=run_train)
 
@@ -47,9 +63,23 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = apply_overrides(preset(VQ_PRESETS, args.config), args.overrides)
     images, _ = load_pairs(args.data)
     val = load_pairs(args.val)[0] if args.val else None
-    print(f"training a {args.config} VQ-GAN on {len(images)} images {images.shape[1]}x{images.shape[2]} for {args.minutes} min")
-    _, stats = train_vq(images, cfg, minutes=args.minutes, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                        seed=args.seed, out=args.out, val_images=val, precision=args.precision, device=_device(), log_every=100)
+    print(
+        f"training a {args.config} VQ-GAN on {len(images)} images {images.shape[1]}x{images.shape[2]} for {args.minutes} min"
+    )
+    _, stats = train_vq(
+        images,
+        cfg,
+        minutes=args.minutes,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        out=args.out,
+        val_images=val,
+        precision=args.precision,
+        device=_device(),
+        log_every=100,
+    )
     print(json.dumps(stats, indent=2))
     print(f"saved to {args.out}")
     return 0

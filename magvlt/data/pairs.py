@@ -11,6 +11,7 @@ renamed into place when complete; a plain folder (for small sets and inspection)
 Images are read as uint8 RGB by the rules of `magvlt.images` (alpha over black, the shapes-world
 background). `magvlt.data.sources` reads the same layouts leniently, for `magvlt tokenize`.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -19,14 +20,14 @@ import os
 import struct
 import tarfile
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
-from magvlt.images import BadSample, load_image
 from magvlt.errors import UserError
+from magvlt.images import BadSample, load_image
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp")
 CAPTION_EXT = "txt"
@@ -75,8 +76,8 @@ def _tar_header(name: str, size: int) -> bytes:
     """A POSIX ustar header for a regular file (mode 644, owner 0, mtime 0), as tarfile writes it."""
     h = bytearray(512)
     h[0:100] = name.encode().ljust(100, b"\0")
-    h[100:136] = b"0000644\0" b"0000000\0" b"0000000\0" + b"%011o\0" % size
-    h[136:157] = b"00000000000\0" b"        " b"0"  # mtime, checksum placeholder, type: regular file
+    h[100:136] = b"0000644\00000000\00000000\0" + b"%011o\0" % size
+    h[136:157] = b"00000000000\0        0"  # mtime, checksum placeholder, type: regular file
     h[257:265] = b"ustar\x0000"
     h[148:156] = b"%06o\0 " % sum(h)
     return bytes(h)
@@ -92,8 +93,15 @@ def _write_shard(path: Path, members: list[tuple[str, bytes]]) -> None:
     os.replace(tmp, path)
 
 
-def write_pairs(out_dir: str | Path, images: Iterable[np.ndarray], captions: Iterable[str], *,
-                shard_size: int = 10000, tar: bool = True, meta: Iterable[dict] | None = None) -> int:
+def write_pairs(
+    out_dir: str | Path,
+    images: Iterable[np.ndarray],
+    captions: Iterable[str],
+    *,
+    shard_size: int = 10000,
+    tar: bool = True,
+    meta: Iterable[dict] | None = None,
+) -> int:
     """Write pairs keyed 000000000, 000000001, ... as tar shards of shard_size pairs, or as a plain folder;
     returns the number written."""
     out = Path(out_dir)
@@ -243,8 +251,11 @@ def iter_pairs(path: str | Path) -> Iterator[Pair]:
         groups = group(tar_members(path))
     elif path.is_dir():
         shards = sorted(path.glob("*.tar"))
-        groups = (itertools.chain.from_iterable(group(tar_members(s)) for s in shards) if shards
-                  else group(folder_members(path, folder_names(path))))
+        groups = (
+            itertools.chain.from_iterable(group(tar_members(s)) for s in shards)
+            if shards
+            else group(folder_members(path, folder_names(path)))
+        )
     else:
         raise UserError(f"no pairs at {path}: not a folder or a tar file")
     for key, files in groups:
@@ -256,8 +267,10 @@ def load_pairs(path: str | Path) -> tuple[np.ndarray, list[str]]:
     images, captions = [], []
     for pair in iter_pairs(path):
         if images and pair.image.shape != images[0].shape:
-            raise UserError(f"pair {pair.key} is {pair.image.shape[:2]}, the first was {images[0].shape[:2]}; "
-                            "load_pairs needs one image size")
+            raise UserError(
+                f"pair {pair.key} is {pair.image.shape[:2]}, the first was {images[0].shape[:2]}; "
+                "load_pairs needs one image size"
+            )
         images.append(pair.image)
         captions.append(pair.caption)
     if not images:

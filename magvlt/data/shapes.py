@@ -23,14 +23,15 @@ fresh renders of the training distribution); `novel` holds at least one held-out
 objects whose shape breaks the bias rule, using compositions seen in train (so it isolates the bias from
 compositional generalization). The bias knob applies to train and val only.
 """
+
 from __future__ import annotations
 
 import functools
 import hashlib
 import math
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -51,8 +52,14 @@ ANCHOR_XY = {"left": (0.25, 0.5), "right": (0.75, 0.5), "top": (0.5, 0.25), "bot
 PAIR_LAYOUTS = (("left", "right"), ("top", "bottom"))
 HALF_EXTENT = {"small": 0.09, "large": 0.17}  # fraction of S
 HELD_OUT = (("green", "triangle"), ("purple", "square"), ("yellow", "circle"))
-BIAS_RULE = {"red": "circle", "blue": "square", "white": "triangle",
-             "green": "circle", "purple": "triangle", "yellow": "square"}
+BIAS_RULE = {
+    "red": "circle",
+    "blue": "square",
+    "white": "triangle",
+    "green": "circle",
+    "purple": "triangle",
+    "yellow": "square",
+}
 SPLITS = ("train", "val", "novel", "counter")
 MIN_SIZE = 16  # renders; the judge needs >= 24 px to tell a small circle, square and triangle apart
 
@@ -99,7 +106,10 @@ def phrasings(scene: Scene) -> list[str]:
     if len(objs) == 2:
         a, b = objs  # left before right, top before bottom
         if (a.anchor, b.anchor) == ("left", "right"):
-            return [f"a {describe(a)} to the left of a {describe(b)}", f"a {describe(b)} to the right of a {describe(a)}"]
+            return [
+                f"a {describe(a)} to the left of a {describe(b)}",
+                f"a {describe(b)} to the right of a {describe(a)}",
+            ]
         if (a.anchor, b.anchor) == ("top", "bottom"):
             return [f"a {describe(a)} above a {describe(b)}", f"a {describe(b)} below a {describe(a)}"]
     raise UserError(f"not a shapes-world scene: {sorted(scene)}")
@@ -168,19 +178,22 @@ def draw(split: str, index: int, seed: int = 0, size: int = 32, bias: float = 0.
         obj_size = _pick(v[0], SIZES)
         color, shape = _composition(split, v[1], v[2], v[3], bias, k == novel_slot)
         ax, ay = ANCHOR_XY[anchor]
-        placements.append(Placement(
-            Obj(obj_size, color, shape, anchor),
-            cx=ax * size + (2 * v[5] - 1) * jitter,
-            cy=ay * size + (2 * v[6] - 1) * jitter,
-            r=HALF_EXTENT[obj_size] * size + (2 * v[4] - 1) * 0.5 * size / 32,
-        ))
+        placements.append(
+            Placement(
+                Obj(obj_size, color, shape, anchor),
+                cx=ax * size + (2 * v[5] - 1) * jitter,
+                cy=ay * size + (2 * v[6] - 1) * jitter,
+                r=HALF_EXTENT[obj_size] * size + (2 * v[4] - 1) * 0.5 * size / 32,
+            )
+        )
     captions = phrasings(frozenset(p.obj for p in placements))
     return tuple(placements), _pick(u[2], captions)
 
 
 # ---------------------------------------------------------------- rendering
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def stamp(shape: str, w: int) -> np.ndarray:
     """Boolean w x w mask of a shape inscribed in a w-pixel box, tested at pixel centers in exact integers."""
     c = 2 * np.arange(w) + 1 - w  # doubled pixel-center offsets from the box center
@@ -212,8 +225,9 @@ def sample(split: str, index: int, seed: int = 0, size: int = 32, bias: float = 
     return render([placements], size)[0], caption, frozenset(p.obj for p in placements)
 
 
-def iter_split(split: str, n: int, seed: int = 0, size: int = 32, bias: float = 0.0, start: int = 0,
-               chunk: int = 2048) -> Iterator[tuple[np.ndarray, list[str], list[Scene]]]:
+def iter_split(
+    split: str, n: int, seed: int = 0, size: int = 32, bias: float = 0.0, start: int = 0, chunk: int = 2048
+) -> Iterator[tuple[np.ndarray, list[str], list[Scene]]]:
     """Samples start .. start+n-1 of a split in chunks of (images, captions, scenes); checks the knobs at once."""
     _check(split, size, bias, seed)
     if n < 0 or start < 0:
@@ -224,11 +238,16 @@ def iter_split(split: str, n: int, seed: int = 0, size: int = 32, bias: float = 
 def _chunks(split: str, n: int, seed: int, size: int, bias: float, start: int, chunk: int):
     for lo in range(start, start + n, chunk):
         drawn = [draw(split, i, seed, size, bias) for i in range(lo, min(lo + chunk, start + n))]
-        yield render([d[0] for d in drawn], size), [d[1] for d in drawn], [frozenset(p.obj for p in d[0]) for d in drawn]
+        yield (
+            render([d[0] for d in drawn], size),
+            [d[1] for d in drawn],
+            [frozenset(p.obj for p in d[0]) for d in drawn],
+        )
 
 
-def render_split(split: str, n: int, seed: int = 0, size: int = 32, bias: float = 0.0,
-                 start: int = 0) -> tuple[np.ndarray, list[str]]:
+def render_split(
+    split: str, n: int, seed: int = 0, size: int = 32, bias: float = 0.0, start: int = 0
+) -> tuple[np.ndarray, list[str]]:
     """Samples start .. start+n-1 of a split as (images uint8 [n, size, size, 3], captions)."""
     images, captions = [np.zeros((0, size, size, 3), np.uint8)], []
     for im, caps, _ in iter_split(split, n, seed, size, bias, start):

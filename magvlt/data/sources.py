@@ -8,21 +8,30 @@ read on its own, always in the same order, which is what makes tokenization resu
 ranks. Reading yields `Sample`s (image bytes still encoded, captions checked) and `Skipped` records: a
 missing or empty caption, non-UTF-8 text, a key with no image, a missing or unreadable shard never stop a run.
 """
+
 from __future__ import annotations
 
 import functools
 import json
 import tarfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from braceexpand import braceexpand
 
-from magvlt.images import BadSample
-from magvlt.data.pairs import (caption_file, caption_text, folder_members, folder_names, group, image_file, split_name,
-                               tar_members)
+from magvlt.data.pairs import (
+    caption_file,
+    caption_text,
+    folder_members,
+    folder_names,
+    group,
+    image_file,
+    split_name,
+    tar_members,
+)
 from magvlt.errors import UserError
+from magvlt.images import BadSample
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,9 @@ def open_source(spec: str | Path, images: str | Path | None = None, chunk: int =
         raise UserError("--images goes with a COCO-style captions JSON given as --data")
     if path.is_file():
         if not tarfile.is_tarfile(path):
-            raise UserError(f"{path} is not a tar shard; give a .tar file, a folder, a brace pattern or a captions JSON")
+            raise UserError(
+                f"{path} is not a tar shard; give a .tar file, a folder, a brace pattern or a captions JSON"
+            )
         return _tar_units([path], text)
     if not path.is_dir():
         raise UserError(f"no pairs at {path}: not a folder, a tar file, a brace pattern or a captions JSON")
@@ -127,8 +138,10 @@ def _folder_units(path: Path, chunk: int) -> list[Unit]:
         else:
             keys.append([name])
     parts = [keys[i : i + chunk] for i in range(0, len(keys), chunk)]
-    return [Unit(f"{path}[{i * chunk}:{i * chunk + len(p)}]", functools.partial(_read_folder, path, p), len(p))
-            for i, p in enumerate(parts)]
+    return [
+        Unit(f"{path}[{i * chunk}:{i * chunk + len(p)}]", functools.partial(_read_folder, path, p), len(p))
+        for i, p in enumerate(parts)
+    ]
 
 
 def _read_folder(path: Path, keys: list[list[str]]) -> Iterator[Sample | Skipped]:
@@ -143,20 +156,31 @@ def _coco_units(path: Path, image_dir: Path, chunk: int) -> list[Unit]:
         for ann in data["annotations"]:
             captions.setdefault(str(ann["image_id"]), []).append(ann.get("caption"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is not a COCO-style captions JSON (images: id, file_name; annotations: "
-                        f"image_id, caption): {e!r}") from None
+        raise UserError(
+            f"{path} is not a COCO-style captions JSON (images: id, file_name; annotations: image_id, caption): {e!r}"
+        ) from None
     if not image_dir.is_dir():
         raise UserError(f"image folder {image_dir} not found")
     rows = [(key, name, captions.pop(key, [])) for key, name in images]
-    orphans = [Skipped(f"{path} annotation of image_id {key}", "no image", "image_id not in images")
-               for key, raw in captions.items() for _ in raw]  # what is left names no listed image
+    orphans = [
+        Skipped(f"{path} annotation of image_id {key}", "no image", "image_id not in images")
+        for key, raw in captions.items()
+        for _ in raw
+    ]  # what is left names no listed image
     parts = [rows[i : i + chunk] for i in range(0, len(rows), chunk)]
-    return [Unit(f"{path}[{i * chunk}:{i * chunk + len(p)}]",
-                 functools.partial(_read_coco, image_dir, p, orphans if i == 0 else []), len(p))
-            for i, p in enumerate(parts)]
+    return [
+        Unit(
+            f"{path}[{i * chunk}:{i * chunk + len(p)}]",
+            functools.partial(_read_coco, image_dir, p, orphans if i == 0 else []),
+            len(p),
+        )
+        for i, p in enumerate(parts)
+    ]
 
 
-def _read_coco(image_dir: Path, rows: list[tuple[str, str, list]], orphans: list[Skipped]) -> Iterator[Sample | Skipped]:
+def _read_coco(
+    image_dir: Path, rows: list[tuple[str, str, list]], orphans: list[Skipped]
+) -> Iterator[Sample | Skipped]:
     yield from orphans
     for key, name, raw in rows:
         where = str(image_dir / name)

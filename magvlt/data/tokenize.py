@@ -14,6 +14,7 @@ in `progress/`. A restarted run skips the units with a record, so it continues w
 exactly what an uninterrupted run writes. Rank 0 waits for every record, then writes `report.json` (counts
 per reason and a summary line), `skipped.jsonl` (every skipped sample) and, last, `meta.json`.
 """
+
 from __future__ import annotations
 
 import collections
@@ -21,9 +22,9 @@ import hashlib
 import json
 import time
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,10 +32,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from magvlt.checkpoint import atomic_write_text
-from magvlt.images import BadSample, fit_image, load_image
 from magvlt.data.sources import Sample, Skipped, Unit
 from magvlt.data.tokenized import FIELDS, META, as_rows, shard_dtypes, write_meta, write_shard
 from magvlt.errors import UserError
+from magvlt.images import BadSample, fit_image, load_image
 
 JOB, PROGRESS, REPORT, SKIPPED = "tokenize.json", "progress", "report.json", "skipped.jsonl"
 
@@ -54,8 +55,11 @@ def _device(vq) -> torch.device:
 def encode_images(vq, images: np.ndarray) -> dict[str, np.ndarray]:
     """VQ codes [B, tokens] of the images at full size, half width and half height (raster order)."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=_device(vq).type == "cuda"):
-        codes = {"image": vq.encode(images), "image_half_w": vq.encode(squeeze(images, "w")),
-                 "image_half_h": vq.encode(squeeze(images, "h"))}
+        codes = {
+            "image": vq.encode(images),
+            "image_half_w": vq.encode(squeeze(images, "w")),
+            "image_half_h": vq.encode(squeeze(images, "h")),
+        }
     return {k: v.flatten(1).cpu().numpy() for k, v in codes.items()}
 
 
@@ -92,8 +96,9 @@ def _batches(items: Iterable[Sample | Skipped], batch_size: int, skipped: list[S
         yield batch
 
 
-def _prefetched(batches: Iterable[list[Sample]], pool: ThreadPoolExecutor,
-                size: int | None) -> Iterator[tuple[list[Sample], list]]:
+def _prefetched(
+    batches: Iterable[list[Sample]], pool: ThreadPoolExecutor, size: int | None
+) -> Iterator[tuple[list[Sample], list]]:
     """Each batch with its images prepared in the pool; the next batch is prepared while this one is encoded."""
     pending: tuple[list[Sample], list[Future]] | None = None
     for batch in batches:
@@ -141,9 +146,15 @@ class _UnitWriter:
         name = f"shard-{index:05d}"
         if captions:
             write_shard(self.out, name, {k: np.concatenate(v) for k, v in rows.items()}, captions)
-        record = {"unit": unit.name, "shard": name if captions else None, "count": len(captions),
-                  "image_size": list(next(iter(shapes))[:2]) if shapes else None, **stats,
-                  "unknown_characters": "".join(sorted(unknown)), "skipped": [s.to_json() for s in skipped]}
+        record = {
+            "unit": unit.name,
+            "shard": name if captions else None,
+            "count": len(captions),
+            "image_size": list(next(iter(shapes))[:2]) if shapes else None,
+            **stats,
+            "unknown_characters": "".join(sorted(unknown)),
+            "skipped": [s.to_json() for s in skipped],
+        }
         atomic_write_text(self.out / PROGRESS / f"{index:05d}.json", json.dumps(record) + "\n")
         return record
 
@@ -177,8 +188,10 @@ def _check_job(out: Path, job: dict) -> None:
     path = out / JOB
     if path.is_file():
         if json.loads(path.read_text()) != job:
-            raise UserError(f"{out} holds the tokens of other data, image size or tokenizers; "
-                            "give a new --out folder (or delete it to start over)")
+            raise UserError(
+                f"{out} holds the tokens of other data, image size or tokenizers; "
+                "give a new --out folder (or delete it to start over)"
+            )
         return
     if (out / META).is_file():
         raise UserError(f"{out} already holds tokenized data; give a new --out folder")
@@ -186,9 +199,21 @@ def _check_job(out: Path, job: dict) -> None:
     atomic_write_text(path, json.dumps(job, indent=1) + "\n")
 
 
-def tokenize_units(units: Sequence[Unit], vq, tok, out_dir: str | Path, *, vq_dir: str | Path | None,
-                   text_dir: str | Path | None, image_size: int | None, batch_size: int = 64, workers: int = 4,
-                   rank: int = 0, world_size: int = 1, progress: bool = True) -> Path:
+def tokenize_units(
+    units: Sequence[Unit],
+    vq,
+    tok,
+    out_dir: str | Path,
+    *,
+    vq_dir: str | Path | None,
+    text_dir: str | Path | None,
+    image_size: int | None,
+    batch_size: int = 64,
+    workers: int = 4,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> Path:
     """Tokenize this rank's units into out_dir (see the module docstring); rank 0 then writes meta.json and the
     report once every rank's units are done. Returns out_dir."""
     if batch_size < 1 or workers < 1:
@@ -196,20 +221,30 @@ def tokenize_units(units: Sequence[Unit], vq, tok, out_dir: str | Path, *, vq_di
     if not units:
         raise UserError("no image-caption pairs to tokenize")
     if image_size is not None and (image_size < 1 or image_size % (2 * vq.factor)):
-        raise UserError(f"image size {image_size} must be a multiple of {2 * vq.factor}: the VQ-GAN's factor "
-                        f"{vq.factor} at half size too (MixSel's half-width and half-height encodings)")
+        raise UserError(
+            f"image size {image_size} must be a multiple of {2 * vq.factor}: the VQ-GAN's factor "
+            f"{vq.factor} at half size too (MixSel's half-width and half-height encodings)"
+        )
     out = Path(out_dir)
-    job = {"units": [u.name for u in units], "image_size": image_size, "image_vocab": vq.cfg.n_embed,
-           "text_vocab": tok.vocab_size, "text_len": tok.length, "vq_dir": _resolved(vq_dir),
-           "text_dir": _resolved(text_dir)}
+    job = {
+        "units": [u.name for u in units],
+        "image_size": image_size,
+        "image_vocab": vq.cfg.n_embed,
+        "text_vocab": tok.vocab_size,
+        "text_len": tok.length,
+        "vq_dir": _resolved(vq_dir),
+        "text_dir": _resolved(text_dir),
+    }
     _check_job(out, job)
     todo = [i for i in range(rank, len(units), world_size) if not (out / PROGRESS / f"{i:05d}.json").is_file()]
     writer = _UnitWriter(vq, tok, out, shard_dtypes(job))
     sizes = [units[i].size for i in todo]
     total = None if None in sizes else sum(sizes)  # the bar counts samples read (kept or skipped)
     desc = f"tokenize (rank {rank})" if world_size > 1 else "tokenize"
-    with ThreadPoolExecutor(workers) as pool, tqdm(total=total, unit="pair", desc=desc,
-                                                   disable=None if progress else True) as bar:
+    with (
+        ThreadPoolExecutor(workers) as pool,
+        tqdm(total=total, unit="pair", desc=desc, disable=None if progress else True) as bar,
+    ):
         skipped = 0
         for done, i in enumerate(todo, 1):
             skipped += len(writer.run(i, units[i], pool, image_size, batch_size, bar)["skipped"])
@@ -226,8 +261,13 @@ def _resolved(path: str | Path | None) -> str | None:
 def _wait_for(paths: list[Path], progress: bool) -> None:
     """Block until every path exists (the other ranks' progress records)."""
     missing = [p for p in paths if not p.is_file()]
-    with tqdm(total=len(paths), initial=len(paths) - len(missing), unit="unit", desc="waiting for other ranks",
-              disable=None if progress and missing else True) as bar:
+    with tqdm(
+        total=len(paths),
+        initial=len(paths) - len(missing),
+        unit="unit",
+        desc="waiting for other ranks",
+        disable=None if progress and missing else True,
+    ) as bar:
         while missing:
             time.sleep(1.0)
             still = [p for p in missing if not p.is_file()]
@@ -247,25 +287,42 @@ def _finish(out: Path, job: dict, factor: int, progress: bool) -> None:
     sizes = {tuple(r["image_size"]) for r in kept}
     if len(sizes) > 1:
         raise UserError(f"units hold images of several sizes {sorted(sizes)}; give an image size")
-    totals = {k: sum(r[k] for r in records) for k in ("count", "images", "captions_with_unknown_characters",
-                                                       "truncated_captions")}
+    totals = {
+        k: sum(r[k] for r in records)
+        for k in ("count", "images", "captions_with_unknown_characters", "truncated_captions")
+    }
     unknown = "".join(sorted({c for r in records for c in r["unknown_characters"]}))
-    report = {"pairs": totals["count"], "images": totals["images"], "units": len(records),
-              "skipped": sum(reasons.values()), "skipped_by_reason": dict(sorted(reasons.items())),
-              "captions_with_unknown_characters": totals["captions_with_unknown_characters"],
-              "unknown_characters": unknown, "truncated_captions": totals["truncated_captions"],
-              "skipped_list": SKIPPED}
+    report = {
+        "pairs": totals["count"],
+        "images": totals["images"],
+        "units": len(records),
+        "skipped": sum(reasons.values()),
+        "skipped_by_reason": dict(sorted(reasons.items())),
+        "captions_with_unknown_characters": totals["captions_with_unknown_characters"],
+        "unknown_characters": unknown,
+        "truncated_captions": totals["truncated_captions"],
+        "skipped_list": SKIPPED,
+    }
     report["summary"] = _summary(report)
     atomic_write_text(out / REPORT, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     if not kept:
         raise UserError(f"no usable pairs: every sample was skipped ({report['summary']}); see {out / SKIPPED}")
-    (h, w), = sizes
-    write_meta(out, {
-        "image_size": [h, w], "image_grid": [h // factor, w // factor], "image_vocab": job["image_vocab"],
-        "text_vocab": job["text_vocab"], "text_len": job["text_len"],
-        "preprocess": "shorter side to the image size (bilinear), center crop",
-        "squeeze": "PIL BOX to half width / half height", "vq_dir": job["vq_dir"], "text_dir": job["text_dir"],
-    }, [{"name": r["shard"], "count": r["count"]} for r in kept])
+    ((h, w),) = sizes
+    write_meta(
+        out,
+        {
+            "image_size": [h, w],
+            "image_grid": [h // factor, w // factor],
+            "image_vocab": job["image_vocab"],
+            "text_vocab": job["text_vocab"],
+            "text_len": job["text_len"],
+            "preprocess": "shorter side to the image size (bilinear), center crop",
+            "squeeze": "PIL BOX to half width / half height",
+            "vq_dir": job["vq_dir"],
+            "text_dir": job["text_dir"],
+        },
+        [{"name": r["shard"], "count": r["count"]} for r in kept],
+    )
 
 
 def _summary(report: dict) -> str:
@@ -277,8 +334,10 @@ def _summary(report: dict) -> str:
     else:
         line += "; nothing skipped"
     if report["captions_with_unknown_characters"]:
-        line += (f"; {report['captions_with_unknown_characters']:,} captions lost characters the text vocabulary "
-                 f"cannot spell ({report['unknown_characters'][:40]!r})")
+        line += (
+            f"; {report['captions_with_unknown_characters']:,} captions lost characters the text vocabulary "
+            f"cannot spell ({report['unknown_characters'][:40]!r})"
+        )
     if report["truncated_captions"]:
         line += f"; {report['truncated_captions']:,} captions truncated"
     return line
@@ -287,6 +346,7 @@ def _summary(report: dict) -> str:
 def _memory_units(images: Sequence[np.ndarray], captions: Sequence[str], shard_size: int) -> list[Unit]:
     """In-memory pairs as units of shard_size pairs, each named by a hash of its content (so a folder of
     other pairs is never taken for an earlier run to resume)."""
+
     def read(start: int, stop: int) -> Iterator[Sample]:
         for i in range(start, stop):
             yield Sample(str(i), f"pair {i}", images[i], (captions[i],))
@@ -302,15 +362,35 @@ def _memory_units(images: Sequence[np.ndarray], captions: Sequence[str], shard_s
     return [Unit(f"memory[{a}:{b}] {digest(a, b)}", lambda a=a, b=b: read(a, b), b - a) for a, b in bounds]
 
 
-def tokenize_pairs(images: np.ndarray | Sequence[np.ndarray], captions: Sequence[str], vq, tok, out_dir: str | Path, *,
-                   vq_dir: str | Path | None, text_dir: str | Path | None, shard_size: int = 4096,
-                   batch_size: int = 64, image_size: int | None = None, progress: bool = True) -> Path:
+def tokenize_pairs(
+    images: np.ndarray | Sequence[np.ndarray],
+    captions: Sequence[str],
+    vq,
+    tok,
+    out_dir: str | Path,
+    *,
+    vq_dir: str | Path | None,
+    text_dir: str | Path | None,
+    shard_size: int = 4096,
+    batch_size: int = 64,
+    image_size: int | None = None,
+    progress: bool = True,
+) -> Path:
     """Tokenize in-memory images (uint8 [n, H, W, 3]) and their captions into shards; vq_dir/text_dir go to
     meta.json. The images keep their size unless image_size is given."""
     if len(images) != len(captions):
         raise UserError(f"{len(images)} images but {len(captions)} captions")
     if shard_size < 1:
         raise UserError(f"shard size must be >= 1, got {shard_size}")
-    return tokenize_units(_memory_units(images, captions, shard_size), vq, tok, out_dir, vq_dir=vq_dir,
-                          text_dir=text_dir, image_size=image_size, batch_size=batch_size, workers=1,
-                          progress=progress)
+    return tokenize_units(
+        _memory_units(images, captions, shard_size),
+        vq,
+        tok,
+        out_dir,
+        vq_dir=vq_dir,
+        text_dir=text_dir,
+        image_size=image_size,
+        batch_size=batch_size,
+        workers=1,
+        progress=progress,
+    )

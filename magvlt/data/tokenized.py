@@ -11,6 +11,7 @@ of everything); each step takes the next `batch_size` indices and cuts them
 into `n_micro` = ranks x accumulation micro-batches; micro-batch k always gets the same rows and the same
 BPE-dropout seed, whichever rank runs it. The state is (epoch, position), saved with every checkpoint.
 """
+
 from __future__ import annotations
 
 import collections
@@ -20,8 +21,8 @@ import random
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -122,7 +123,9 @@ def read_meta(data_dir: str | Path) -> dict:
     """The meta.json of a tokenized data directory, checked."""
     path = Path(data_dir) / META
     if not path.is_file():
-        raise UserError(f"{data_dir} is not a tokenized data directory ({META} not found; build it with `magvlt tokenize`)")
+        raise UserError(
+            f"{data_dir} is not a tokenized data directory ({META} not found; build it with `magvlt tokenize`)"
+        )
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -142,7 +145,9 @@ def _map_safetensors(path: Path) -> dict[str, np.ndarray]:
     arrays = {}
     for name, t in header.items():
         dtype, shape = np.dtype(_SAFETENSORS_DTYPES[t["dtype"]]), tuple(t["shape"])
-        arrays[name] = np.frombuffer(mapped, dtype, int(np.prod(shape)), 8 + header_len + t["data_offsets"][0]).reshape(shape)
+        arrays[name] = np.frombuffer(mapped, dtype, int(np.prod(shape)), 8 + header_len + t["data_offsets"][0]).reshape(
+            shape
+        )
     return arrays
 
 
@@ -169,7 +174,10 @@ class TokenizedDataset:
             self._open.move_to_end(shard)
         else:
             name = self.dir / self.meta["shards"][shard]["name"]
-            self._open[shard] = _map_safetensors(name.with_suffix(".safetensors")), json.loads(name.with_suffix(".json").read_text())
+            self._open[shard] = (
+                _map_safetensors(name.with_suffix(".safetensors")),
+                json.loads(name.with_suffix(".json").read_text()),
+            )
             while len(self._open) > self.max_open:
                 self._open.popitem(last=False)
         return self._open[shard]
@@ -246,8 +254,18 @@ class BatchStream(Iterator[list[dict[str, torch.Tensor]]]):
     (seed, epoch, position, micro-batch), so a resumed run draws the same token splits.
     """
 
-    def __init__(self, dataset: TokenizedDataset, *, batch_size: int, n_micro: int, micro_ids: Sequence[int],
-                 seed: int, tokenizer=None, bpe_dropout: float = 0.0, shuffle_shards: int = 0):
+    def __init__(
+        self,
+        dataset: TokenizedDataset,
+        *,
+        batch_size: int,
+        n_micro: int,
+        micro_ids: Sequence[int],
+        seed: int,
+        tokenizer=None,
+        bpe_dropout: float = 0.0,
+        shuffle_shards: int = 0,
+    ):
         if batch_size % n_micro:
             raise UserError(f"batch_size {batch_size} must be divisible by ranks x grad_accum = {n_micro}")
         if batch_size > len(dataset):
@@ -282,8 +300,11 @@ class BatchStream(Iterator[list[dict[str, torch.Tensor]]]):
                 rows["text"], rows["length"] = self.tokenizer.encode(captions, dropout=self.bpe_dropout, rng=rng)
             if truncated and not self.warned:
                 self.warned = True
-                warnings.warn(f"BPE dropout splits some captions into more than {self.tokenizer.length} tokens; "
-                              "they are truncated (said once)", stacklevel=2)
+                warnings.warn(
+                    f"BPE dropout splits some captions into more than {self.tokenizer.length} tokens; "
+                    "they are truncated (said once)",
+                    stacklevel=2,
+                )
         return rows
 
     def state_dict(self) -> dict[str, int]:

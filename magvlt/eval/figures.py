@@ -1,4 +1,5 @@
 """Pictures people look at: rows of captioned image tiles (PNG) and step-by-step animations (GIF)."""
+
 from __future__ import annotations
 
 import textwrap
@@ -59,5 +60,9 @@ def animate(frames: list[dict[str, list[Tile]]], path: str | Path, ms_per_frame:
 
     images = [grid(f) for f in frames]
     images += [images[-1]] * hold
-    atomic_write(Path(path), lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                                                        duration=ms_per_frame, loop=0))
+    atomic_write(
+        Path(path),
+        lambda tmp: images[0].save(
+            tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0
+        ),
+    )

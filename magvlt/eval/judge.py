@@ -18,11 +18,12 @@ many attributes as possible; an attribute's accuracy is the fraction of referenc
 agrees on it (an unmatched reference object is wrong on every attribute); position means the anchor. `count`
 is the fraction of scenes with the right number of objects. Rates are percentages.
 """
+
 from __future__ import annotations
 
 import itertools
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -44,8 +45,12 @@ _COLOR_NAMES = (None, *COLORS)  # class 0 = no object
 _OBJ = rf"a ({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})"
 _ONE = re.compile(rf"{_OBJ}(?: on the (left|right|top|bottom))?")
 _TWO = re.compile(rf"{_OBJ} (to the left of|to the right of|above|below) {_OBJ}")
-_RELATION = {"to the left of": ("left", "right"), "to the right of": ("right", "left"),
-             "above": ("top", "bottom"), "below": ("bottom", "top")}
+_RELATION = {
+    "to the left of": ("left", "right"),
+    "to the right of": ("right", "left"),
+    "above": ("top", "bottom"),
+    "below": ("bottom", "top"),
+}
 
 
 def parse_caption(text: str) -> Scene | None:

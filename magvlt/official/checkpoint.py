@@ -6,6 +6,7 @@ is replaced by an inert stand-in that only keeps its constructor arguments and s
 Lightning's AttributeDict become plain OrderedDicts, as the restricted unpickler fills only those). A file naming anything outside
 the modules such a checkpoint uses (Lightning, tokenizers, omegaconf, numpy, ...) is refused before unpickling.
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -21,8 +22,18 @@ from magvlt.errors import UserError
 MODEL_PREFIX, VQ_PREFIX = "model.", "model_vqvae."
 HEAD_CHANNELS = 128  # both released models: base 1024 / 8 heads, large 1280 / 10 heads
 STANDIN_MODULES = (
-    "lightning_fabric", "pytorch_lightning", "lightning", "tokenizers", "omegaconf", "numpy", "argparse",
-    "pathlib", "collections", "typing", "magvlt", "taming",
+    "lightning_fabric",
+    "pytorch_lightning",
+    "lightning",
+    "tokenizers",
+    "omegaconf",
+    "numpy",
+    "argparse",
+    "pathlib",
+    "collections",
+    "typing",
+    "magvlt",
+    "taming",
 )
 
 
@@ -119,22 +130,31 @@ def infer_arch(state: dict[str, torch.Tensor], path: Path, heads: int | None = N
     """Width, depth, vocabularies and context lengths from tensor shapes; heads = width / 128 unless given."""
     rows, width = _shape(state, "tok_emb.weight", path)
     (vocab_total,) = _shape(state, "lm_layer.output_bias", path)
-    (ctx_img, _), (ctx_txt, _) = _shape(state, "pos_emb_img.pos_embed", path), _shape(state, "pos_emb_txt.pos_embed", path)
-    (special, _), (spc_rows, _) = _shape(state, "tok_emb_spc.weight", path), _shape(state, "pos_emb_spc.pos_embed", path)
+    (ctx_img, _), (ctx_txt, _) = (
+        _shape(state, "pos_emb_img.pos_embed", path),
+        _shape(state, "pos_emb_txt.pos_embed", path),
+    )
+    (special, _), (spc_rows, _) = (
+        _shape(state, "tok_emb_spc.weight", path),
+        _shape(state, "pos_emb_spc.pos_embed", path),
+    )
     layers = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     if vocab_total != rows or spc_rows != ctx_img + ctx_txt + 4 or layers == 0:
         raise UserError(f"{path} is not a MAGVLT checkpoint: inconsistent token, position or block tensors")
     vocab_txt = 49408  # CLIP's BPE ids; the image vocabulary is the rest of the shared token table
     if rows <= vocab_txt:
-        raise UserError(f"{path} has a token table of {rows} rows, fewer than CLIP's {vocab_txt} text ids plus image codes")
+        raise UserError(
+            f"{path} has a token table of {rows} rows, fewer than CLIP's {vocab_txt} text ids plus image codes"
+        )
     if heads is None:
         if width % HEAD_CHANNELS:
             raise UserError(f"width {width} is not a multiple of {HEAD_CHANNELS}; give the number of heads (--heads)")
         heads = width // HEAD_CHANNELS
     if heads < 1 or width % heads:
         raise UserError(f"--heads {heads} does not divide the width {width}")
-    return OfficialArch(width, layers, heads, rows - vocab_txt, vocab_txt, ctx_img, ctx_txt, special,
-                        "length_predictor.weight" in state)
+    return OfficialArch(
+        width, layers, heads, rows - vocab_txt, vocab_txt, ctx_img, ctx_txt, special, "length_predictor.weight" in state
+    )
 
 
 def load_official(path: str | Path, heads: int | None = None) -> OfficialCheckpoint:
@@ -154,7 +174,11 @@ def load_taming(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     state = _tensor_dict(read_pickle(path), path)
     if "quantize.embedding.weight" not in state:
-        kind = "a MAGVLT checkpoint (its VQ-GAN is inside it)" if any(k.startswith(MODEL_PREFIX) for k in state) else "not a taming VQ-GAN checkpoint"
+        kind = (
+            "a MAGVLT checkpoint (its VQ-GAN is inside it)"
+            if any(k.startswith(MODEL_PREFIX) for k in state)
+            else "not a taming VQ-GAN checkpoint"
+        )
         raise UserError(f"{path} is {kind}: it has no 'quantize.embedding.weight'")
     return {k: v for k, v in state.items() if not k.startswith("loss.")}
 
@@ -172,5 +196,13 @@ def infer_vq_config(state: dict[str, torch.Tensor], grid: int) -> VQConfig:
         raise UserError(f"the VQ-GAN tensors do not have taming's layout ({e})") from None
     resolution = grid * 2 ** (levels - 1)
     attn = tuple(resolution // 2**i for i in range(levels) if f"encoder.down.{i}.attn.0.q.weight" in state)
-    return VQConfig(resolution=resolution, ch=ch, ch_mult=ch_mult, num_res_blocks=blocks, attn_resolutions=attn,
-                    z_channels=z_channels, embed_dim=embed_dim, n_embed=n_embed)
+    return VQConfig(
+        resolution=resolution,
+        ch=ch,
+        ch_mult=ch_mult,
+        num_res_blocks=blocks,
+        attn_resolutions=attn,
+        z_channels=z_channels,
+        embed_dim=embed_dim,
+        n_embed=n_embed,
+    )

@@ -5,6 +5,7 @@ The run holds config.json (a TrainConfig whose model is the inferred `official` 
 VQ-GAN inside the .ckpt, or taming's last.ckpt given separately, as the official loader prefers) and scheduler.json
 (the official sampling preset), so every `magvlt generate` command and MAGVLTPipeline load it.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,11 +43,22 @@ def model_config(arch: OfficialArch) -> ModelConfig:
     """The magvlt ModelConfig of an official architecture (square image grid, no dropout at sampling)."""
     side = math.isqrt(arch.ctx_len_img)
     if side * side != arch.ctx_len_img or arch.special_tokens != 10 or not arch.length_head:
-        raise UserError(f"unsupported MAGVLT checkpoint: {arch.ctx_len_img} image positions (not a square grid), "
-                        f"{arch.special_tokens} special tokens (expected 10), length head {arch.length_head}")
-    return ModelConfig(n_layer=arch.layers, n_head=arch.heads, n_embd=arch.width, image_vocab=arch.vocab_img,
-                       image_grid=(side, side), text_vocab=arch.vocab_txt, text_len=arch.ctx_len_txt, dropout=0.0,
-                       attn_dropout=0.0, official=True)
+        raise UserError(
+            f"unsupported MAGVLT checkpoint: {arch.ctx_len_img} image positions (not a square grid), "
+            f"{arch.special_tokens} special tokens (expected 10), length head {arch.length_head}"
+        )
+    return ModelConfig(
+        n_layer=arch.layers,
+        n_head=arch.heads,
+        n_embd=arch.width,
+        image_vocab=arch.vocab_img,
+        image_grid=(side, side),
+        text_vocab=arch.vocab_txt,
+        text_len=arch.ctx_len_txt,
+        dropout=0.0,
+        attn_dropout=0.0,
+        official=True,
+    )
 
 
 def magvlt_state(official: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
@@ -58,7 +70,9 @@ def magvlt_state(official: dict[str, torch.Tensor], layers: int) -> dict[str, to
             for kind in ("weight", "bias"):
                 state[f"{p}{new}.{kind}"] = official[f"{p}{old}.{kind}"]
         for kind in ("weight", "bias"):
-            state[f"{p}attn.qkv.{kind}"] = torch.cat([official[f"{p}attn.{n}.{kind}"] for n in ("query", "key", "value")])
+            state[f"{p}attn.qkv.{kind}"] = torch.cat(
+                [official[f"{p}attn.{n}.{kind}"] for n in ("query", "key", "value")]
+            )
     return state
 
 
@@ -80,7 +94,9 @@ def convert(ckpt: str | Path, out: str | Path, vq: str | Path | None = None, hea
     vq_model = VQGAN(infer_vq_config(vq_state, cfg.model.image_grid[0]))
     load_state_strict(vq_model, vq_state, str(vq or ckpt))
     if vq_model.cfg.n_embed != cfg.model.image_vocab:
-        raise UserError(f"the VQ-GAN has {vq_model.cfg.n_embed} codes but the transformer reads {cfg.model.image_vocab}")
+        raise UserError(
+            f"the VQ-GAN has {vq_model.cfg.n_embed} codes but the transformer reads {cfg.model.image_vocab}"
+        )
     out = Path(out)
     save_weights(out / paths.WEIGHTS, model.state_dict())
     save_vq(vq_model, out / paths.VQ_DIR)

@@ -6,6 +6,7 @@ pass, the BERT pre-tokenizer (whitespace and every punctuation character split o
 token, rows truncated to 64 and padded with <|endoftext|>. A text with a character outside the vocabulary fails to
 encode and is encoded again with its non-ASCII characters dropped, as the official get_input does.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -80,7 +81,6 @@ class OfficialTokenizer:
             row = row[: row.index(self.eos)] if self.eos in row else row
             texts.append(post_caption(self.bpe.decode(row, skip_special_tokens=True)))
         return texts
-
 
     def save(self, directory: str | Path) -> None:
         """Write text_tokenizer.json: the kind that makes load_text_tokenizer rebuild this tokenizer."""

@@ -1,4 +1,5 @@
 """Pixels in and out of the VQ-GAN exactly as the official sampling scripts convert them."""
+
 from __future__ import annotations
 
 import numpy as np

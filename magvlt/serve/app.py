@@ -3,6 +3,7 @@
 Every request is validated before it is queued, so a model batch only holds good requests; bad input gets a 4xx
 with a JSON `{"detail": ...}` body (FastAPI's convention), a full queue 429 with Retry-After.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -116,8 +117,11 @@ def decode_image(data: bytes, max_pixels: int, size: tuple[int, int], field: str
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 if fitted_pixels(im.width, im.height, size) > max_pixels:
-                    raise HTTPException(413, f"{field} is {im.width}x{im.height} pixels; at most {max_pixels} "
-                                             f"pixels are read, after scaling to the model's {size[1]}x{size[0]}")
+                    raise HTTPException(
+                        413,
+                        f"{field} is {im.width}x{im.height} pixels; at most {max_pixels} "
+                        f"pixels are read, after scaling to the model's {size[1]}x{size[0]}",
+                    )
                 return im.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise HTTPException(413, f"{field} has too many pixels (at most {max_pixels} are read)") from None
@@ -178,6 +182,7 @@ class BodyLimit:
 
 def run_batch(engine: Engine):
     """The batcher's model call: key (task, steps, candidates, streamed) and one payload dict per request."""
+
     def run(key, payloads: list[dict], on_step):
         task, steps, candidates, _ = key
         col = {name: [p[name] for p in payloads] for name in payloads[0]}
@@ -190,6 +195,7 @@ def run_batch(engine: Engine):
         if task == "infill":
             return engine.infill(col["image"], col["text"], col["seed"], steps, candidates)
         return engine.pairs(col["n"], col["seed"], steps)
+
     return run
 
 
@@ -203,9 +209,13 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
         yield
         batcher.stop()
 
-    app = FastAPI(title="magvlt serve", version="1", lifespan=lifespan,
-                  description="MAGVLT over HTTP: text to image, image to text, inpainting, text infilling and "
-                              "image + caption pairs, each by iterative masked decoding. The page is at `/`.")
+    app = FastAPI(
+        title="magvlt serve",
+        version="1",
+        lifespan=lifespan,
+        description="MAGVLT over HTTP: text to image, image to text, inpainting, text infilling and "
+        "image + caption pairs, each by iterative masked decoding. The page is at `/`.",
+    )
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     install_error_handlers(app)
@@ -264,10 +274,22 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
     async def health():
         """200 once the model is loaded: what it does and the server's limits."""
         h, w = engine.image_size
-        return {"status": "ok", "model": engine.name, "tasks": list(engine.tasks), "image_size": [h, w],
-                "max_prompt_tokens": engine.max_prompt_tokens, "waiting": batcher.waiting, "batches": batcher.batches,
-                "limits": {**asdict(limits), "max_steps": MAX_STEPS, "max_candidates": MAX_CANDIDATES,
-                           "max_pairs": MAX_PAIRS, "max_prompt_chars": MAX_PROMPT_CHARS}}
+        return {
+            "status": "ok",
+            "model": engine.name,
+            "tasks": list(engine.tasks),
+            "image_size": [h, w],
+            "max_prompt_tokens": engine.max_prompt_tokens,
+            "waiting": batcher.waiting,
+            "batches": batcher.batches,
+            "limits": {
+                **asdict(limits),
+                "max_steps": MAX_STEPS,
+                "max_candidates": MAX_CANDIDATES,
+                "max_pairs": MAX_PAIRS,
+                "max_prompt_chars": MAX_PROMPT_CHARS,
+            },
+        }
 
     @app.post("/v1/t2i", response_class=Response, responses=PNG)
     async def t2i(req: T2IRequest):
@@ -288,34 +310,46 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
         return {"caption": await run("i2t", steps, candidates, payload)}
 
     @app.post("/v1/i2t/stream", response_class=StreamingResponse, responses=SSE)
-    async def i2t_stream(image: ImageFile, seed: FormSeed = 0, steps: FormSteps = 12,
-                         candidates: FormCandidates = 1):
+    async def i2t_stream(image: ImageFile, seed: FormSeed = 0, steps: FormSteps = 12, candidates: FormCandidates = 1):
         """Image to text, streamed: a `step` event per refinement step ({step, steps, text}), then `done`."""
         payload = {"image": await model_image_of(image), "seed": seed}
         return stream("i2t", steps, candidates, payload, lambda caption: {"caption": caption})
 
     @app.post("/v1/inpaint", response_class=Response, responses=PNG)
-    async def inpaint(image: ImageFile, mask: Annotated[UploadFile, File(description="PNG, white = regenerate")],
-                      prompt: Text, seed: FormSeed = 0, steps: FormSteps = 10, candidates: FormCandidates = 1):
+    async def inpaint(
+        image: ImageFile,
+        mask: Annotated[UploadFile, File(description="PNG, white = regenerate")],
+        prompt: Text,
+        seed: FormSeed = 0,
+        steps: FormSteps = 10,
+        candidates: FormCandidates = 1,
+    ):
         """Inpainting: the image with the tokens under the mask's white regenerated for the prompt (a PNG)."""
         supports("inpaint")
         picture, painted = await image_of(image, "image"), await image_of(mask, "mask")
         if painted.size != picture.size:
-            raise UserError(f"mask is {painted.width}x{painted.height}; it must be the image's size, "
-                            f"{picture.width}x{picture.height}")
+            raise UserError(
+                f"mask is {painted.width}x{painted.height}; it must be the image's size, "
+                f"{picture.width}x{picture.height}"
+            )
         tokens = await asyncio.to_thread(engine.token_mask, painted)
         if not tokens.any():
             raise UserError("the mask covers no image token: paint white (at least half a token) to regenerate")
-        payload = {"image": await asyncio.to_thread(engine.fit, picture), "mask": tokens, "prompt": checked(engine.check_prompt, prompt), "seed": seed}
+        payload = {
+            "image": await asyncio.to_thread(engine.fit, picture),
+            "mask": tokens,
+            "prompt": checked(engine.check_prompt, prompt),
+            "seed": seed,
+        }
         return Response(png(await run("inpaint", steps, candidates, payload)), media_type="image/png")
 
     @app.post("/v1/infill", response_model=Infilled)
-    async def infill(image: ImageFile, text: Text, seed: FormSeed = 0, steps: FormSteps = 12,
-                     candidates: FormCandidates = 1):
+    async def infill(
+        image: ImageFile, text: Text, seed: FormSeed = 0, steps: FormSteps = 12, candidates: FormCandidates = 1
+    ):
         """Text infilling: the text with each [MASK] marker (one token) filled in, given the image."""
         supports("infill")
-        payload = {"image": await model_image_of(image), "text": checked(engine.check_masked_text, text),
-                   "seed": seed}
+        payload = {"image": await model_image_of(image), "text": checked(engine.check_masked_text, text), "seed": seed}
         return {"text": await run("infill", steps, candidates, payload)}
 
     @app.post("/v1/pairs", response_model=list[Pair])
@@ -335,6 +369,7 @@ def error_detail(e: BaseException) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     """JSON errors: 422 for bad input (without echoing it back), 429 + Retry-After for a full queue, 500 else."""
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError):
         fields = [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in e.errors()]
@@ -346,8 +381,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(QueueFull)
     async def busy(request: Request, e: QueueFull):
-        return JSONResponse({"detail": f"server busy: {e}; retry shortly"}, status_code=429,
-                            headers={"Retry-After": "1"})
+        return JSONResponse(
+            {"detail": f"server busy: {e}; retry shortly"}, status_code=429, headers={"Retry-After": "1"}
+        )
 
     @app.exception_handler(Exception)
     async def internal(request: Request, e: Exception):

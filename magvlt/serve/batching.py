@@ -4,6 +4,7 @@ The worker takes the oldest waiting request, then up to `max_batch - 1` more wit
 options such as steps and candidates) that arrive within `max_wait` seconds, and makes one call for all of them.
 Requests with another key wait for a later batch, in arrival order. Model calls never run on the event loop.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,9 +37,11 @@ class Job:
 
     def settle(self, result=None, error: BaseException | None = None) -> None:
         """Resolve the future on its event loop (thread-safe; a request that went away is skipped)."""
+
         def resolve():
             if not self.future.done():
                 self.future.set_exception(error) if error is not None else self.future.set_result(result)
+
         self.loop.call_soon_threadsafe(resolve)
 
 
@@ -137,4 +140,5 @@ class Batcher:
         def on_step(i: int, step: int, steps: int, frame) -> None:
             if batch[i].on_step is not None:
                 batch[i].on_step(step, steps, frame)
+
         return on_step

@@ -5,6 +5,7 @@ call. Each request draws from its own generator seeded by its seed, so its outpu
 it was grouped into. Refinement frames reach `on_step` live, from the pipeline's step callback; with several
 candidates the frames follow a request's first candidate, and its result is the reranker's pick.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -102,36 +103,64 @@ class Engine:
 
     # ---------------------------------------------------------------- tasks
 
-    def t2i(self, prompts: list[str], seeds: list[int], steps: int, candidates: int,
-            on_step: OnStep | None = None) -> list[Image.Image]:
+    def t2i(
+        self, prompts: list[str], seeds: list[int], steps: int, candidates: int, on_step: OnStep | None = None
+    ) -> list[Image.Image]:
         """One image per prompt."""
         callback = self._callback(on_step, steps, candidates, self._image_frames)
-        return self.pipe(prompts, num_inference_steps=self._steps(steps), num_candidates=candidates, generator=generators(seeds),
-                         callback_on_step_end=callback).images
+        return self.pipe(
+            prompts,
+            num_inference_steps=self._steps(steps),
+            num_candidates=candidates,
+            generator=generators(seeds),
+            callback_on_step_end=callback,
+        ).images
 
-    def i2t(self, images: list[Image.Image], seeds: list[int], steps: int, candidates: int,
-            on_step: OnStep | None = None) -> list[str]:
+    def i2t(
+        self, images: list[Image.Image], seeds: list[int], steps: int, candidates: int, on_step: OnStep | None = None
+    ) -> list[str]:
         """One caption per image."""
         callback = self._callback(on_step, steps, candidates, self.pipe.decode_texts)
-        return self.pipe.caption(images, num_inference_steps=self._steps(steps), num_candidates=candidates,
-                                 generator=generators(seeds), callback_on_step_end=callback).texts
+        return self.pipe.caption(
+            images,
+            num_inference_steps=self._steps(steps),
+            num_candidates=candidates,
+            generator=generators(seeds),
+            callback_on_step_end=callback,
+        ).texts
 
-    def inpaint(self, images: list[Image.Image], masks: list[np.ndarray], prompts: list[str], seeds: list[int],
-                steps: int, candidates: int) -> list[Image.Image]:
+    def inpaint(
+        self,
+        images: list[Image.Image],
+        masks: list[np.ndarray],
+        prompts: list[str],
+        seeds: list[int],
+        steps: int,
+        candidates: int,
+    ) -> list[Image.Image]:
         """Each image (at the model's size) with its masked tokens (from `token_mask`) regenerated for its prompt."""
-        return self.pipe.inpaint(images, [self._mask_image(m) for m in masks], prompts, num_inference_steps=steps,
-                                 num_candidates=candidates, generator=generators(seeds)).images
+        return self.pipe.inpaint(
+            images,
+            [self._mask_image(m) for m in masks],
+            prompts,
+            num_inference_steps=steps,
+            num_candidates=candidates,
+            generator=generators(seeds),
+        ).images
 
-    def infill(self, images: list[Image.Image], texts: list[str], seeds: list[int], steps: int,
-               candidates: int) -> list[str]:
+    def infill(
+        self, images: list[Image.Image], texts: list[str], seeds: list[int], steps: int, candidates: int
+    ) -> list[str]:
         """Each text with its [MASK] markers filled in, given its image."""
-        return self.pipe.infill(images, texts, num_inference_steps=steps, num_candidates=candidates,
-                                generator=generators(seeds)).texts
+        return self.pipe.infill(
+            images, texts, num_inference_steps=steps, num_candidates=candidates, generator=generators(seeds)
+        ).texts
 
     def pairs(self, counts: list[int], seeds: list[int], steps: int) -> list[list[tuple[Image.Image, str]]]:
         """counts[i] unconditional (image, caption) pairs per request, pair j drawn from (seed, j)."""
-        seeded = [int(np.random.SeedSequence([s, j]).generate_state(1)[0]) for s, c in zip(seeds, counts)
-                  for j in range(c)]
+        seeded = [
+            int(np.random.SeedSequence([s, j]).generate_state(1)[0]) for s, c in zip(seeds, counts) for j in range(c)
+        ]
         made = self.pipe.generate_pairs(len(seeded), num_inference_steps=steps, generator=generators(seeded))
         bounds = np.cumsum([0, *counts])
         return [list(zip(made.images[a:b], made.texts[a:b])) for a, b in pairwise(bounds)]

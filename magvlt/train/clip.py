@@ -1,11 +1,12 @@
 """Training the small contrastive reranker (`magvlt clip train`): InfoNCE on image-caption pairs, time-boxed."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -17,8 +18,9 @@ from magvlt.rerank import ContrastiveConfig, ContrastiveModel, save_contrastive
 
 
 @torch.no_grad()
-def retrieval_accuracy(model: ContrastiveModel, images: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
-                       batch_size: int = 256) -> float:
+def retrieval_accuracy(
+    model: ContrastiveModel, images: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor, batch_size: int = 256
+) -> float:
     """Image-to-text top-1 accuracy among each held-out batch of batch_size pairs (chance: 1 / batch_size)."""
     model.eval()
     hits = []
@@ -30,10 +32,23 @@ def retrieval_accuracy(model: ContrastiveModel, images: torch.Tensor, ids: torch
     return float(sum(hits) / len(images))
 
 
-def train_clip(images: np.ndarray, captions: Sequence[str], tokenizer, out_dir: str | Path, *, minutes: float = 5.0,
-               steps: int | None = None, batch_size: int = 128, lr: float = 1e-3, warmup: int = 100,
-               cfg: ContrastiveConfig | None = None, seed: int = 0, holdout: int = 512, device=None,
-               progress: bool = True) -> dict:
+def train_clip(
+    images: np.ndarray,
+    captions: Sequence[str],
+    tokenizer,
+    out_dir: str | Path,
+    *,
+    minutes: float = 5.0,
+    steps: int | None = None,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    warmup: int = 100,
+    cfg: ContrastiveConfig | None = None,
+    seed: int = 0,
+    holdout: int = 512,
+    device=None,
+    progress: bool = True,
+) -> dict:
     """Train a ContrastiveModel on uint8 images [n, H, W, 3] and captions until minutes or steps run out;
     save it with the tokenizer to out_dir and return its metrics (held-out retrieval accuracy)."""
     images = np.asarray(images)
@@ -73,7 +88,8 @@ def train_clip(images: np.ndarray, captions: Sequence[str], tokenizer, out_dir: 
     metrics = {"steps": step, "minutes": (time.monotonic() - start) / 60, "train_loss": float(loss.detach())}
     if holdout:
         metrics["heldout_i2t_top1"] = retrieval_accuracy(
-            model, pixels[train_n:].to(device), ids[train_n:].to(device), lengths[train_n:].to(device))
+            model, pixels[train_n:].to(device), ids[train_n:].to(device), lengths[train_n:].to(device)
+        )
         metrics["heldout_batch"] = min(256, holdout)
     out = save_contrastive(model.eval(), tokenizer, out_dir)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")

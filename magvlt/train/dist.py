@@ -2,6 +2,7 @@
 
 Without torchrun (no WORLD_SIZE in the environment) everything degrades to a single process.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +15,11 @@ import torch.distributed as dist
 import torch.utils.checkpoint
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
 )
 
 
@@ -47,7 +52,9 @@ def init_distributed() -> DistInfo:
         device = torch.device("cpu")
     create = world_size > 1 and not dist.is_initialized()
     if create:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
+        )
     return DistInfo(rank=int(os.environ.get("RANK", "0")), world_size=world_size, device=device, owns_group=create)
 
 
@@ -72,8 +79,9 @@ def wrap(module: nn.Module, blocks: nn.ModuleList, info: DistInfo, fsdp: bool) -
         return fully_shard(module)
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(module, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-                                   find_unused_parameters=True)
+    return DistributedDataParallel(
+        module, device_ids=[info.device.index] if info.device.type == "cuda" else None, find_unused_parameters=True
+    )
 
 
 def checkpoint_activations(blocks: nn.ModuleList) -> None:
@@ -118,15 +126,18 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInf
     return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
 
 
-def load_full_state(model: nn.Module, module: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
-                    optim_state: dict) -> None:
+def load_full_state(
+    model: nn.Module, module: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict
+) -> None:
     """Load what full_state returned into `model` (`module`, possibly wrapped or sharded) and its optimizer.
 
     Parameters that had no optimizer state when saved (no gradient yet: a head no sampled task used) get
     none now either; the loader initialises their state with a dummy step, which would shift their Adam step count.
     """
     set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True))
-    set_optimizer_state_dict(model, optimizer, optim_state, options=StateDictOptions(full_state_dict=True, strict=False))
+    set_optimizer_state_dict(
+        model, optimizer, optim_state, options=StateDictOptions(full_state_dict=True, strict=False)
+    )
     for name, param in module.named_parameters():
         if name not in optim_state["state"]:
             optimizer.state.pop(param, None)

@@ -8,14 +8,15 @@ a resumed run needs no saved RNG state to continue bit for bit, and the result d
 whether micro-batches run on several ranks or one after another on a single process (the global batch is
 cut into ranks x grad_accum micro-batches either way).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from torch import nn
@@ -25,8 +26,8 @@ from magvlt.config import ModelConfig, ObjectiveConfig, TrainConfig, load_json, 
 from magvlt.data.tokenized import BatchStream, TokenizedDataset, derive_seed
 from magvlt.errors import UserError
 from magvlt.model import Task, Transformer
-from magvlt.precision import autocast, use_bf16
 from magvlt.objectives import TASKS, mask_task, predict_masked, sample_task, trained_task_weights, training_loss
+from magvlt.precision import autocast, use_bf16
 from magvlt.train import dist, rundir
 
 
@@ -48,9 +49,15 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 
 def fit_to_data(model: ModelConfig, meta: dict) -> tuple[ModelConfig, list[str]]:
     """The model config with the data's token spaces (image codes and grid, text vocabulary and length)."""
-    fields = {"image_vocab": meta["image_vocab"], "image_grid": tuple(meta["image_grid"]),
-              "text_vocab": meta["text_vocab"], "text_len": meta["text_len"]}
-    notes = [f"model.{k} = {v} (from the data; was {getattr(model, k)})" for k, v in fields.items() if getattr(model, k) != v]
+    fields = {
+        "image_vocab": meta["image_vocab"],
+        "image_grid": tuple(meta["image_grid"]),
+        "text_vocab": meta["text_vocab"],
+        "text_len": meta["text_len"],
+    }
+    notes = [
+        f"model.{k} = {v} (from the data; was {getattr(model, k)})" for k, v in fields.items() if getattr(model, k) != v
+    ]
     return dataclasses.replace(model, **fields), notes
 
 
@@ -73,14 +80,19 @@ def _check_config(cfg: TrainConfig, world_size: int) -> None:
     if cfg.steps < 1 or cfg.grad_accum < 1 or cfg.warmup_steps < 0 or cfg.log_every < 1 or cfg.ckpt_every < 1:
         raise UserError("steps, grad_accum, log_every and ckpt_every must be >= 1 and warmup_steps >= 0")
     if cfg.batch_size % (world_size * cfg.grad_accum):
-        raise UserError(f"batch_size {cfg.batch_size} must be divisible by ranks x grad_accum = {world_size} x {cfg.grad_accum}")
+        raise UserError(
+            f"batch_size {cfg.batch_size} must be divisible by ranks x grad_accum = {world_size} x {cfg.grad_accum}"
+        )
 
 
 def _resumed_config(cfg: TrainConfig, out: Path) -> None:
     """Refuse to resume a run whose model differs from the one this config (fitted to the data) describes."""
     saved = load_json(TrainConfig, out / rundir.CONFIG).model
-    diff = [f"{f.name}: run has {getattr(saved, f.name)}, now {getattr(cfg.model, f.name)}"
-            for f in dataclasses.fields(ModelConfig) if getattr(saved, f.name) != getattr(cfg.model, f.name)]
+    diff = [
+        f"{f.name}: run has {getattr(saved, f.name)}, now {getattr(cfg.model, f.name)}"
+        for f in dataclasses.fields(ModelConfig)
+        if getattr(saved, f.name) != getattr(cfg.model, f.name)
+    ]
     if diff:
         raise UserError(f"cannot resume {out}: the model it holds differs from this data/config ({'; '.join(diff)})")
 
@@ -101,8 +113,9 @@ class _Means:
         return {k: self.sums[k] / self.counts[k] for k in self.sums}
 
 
-def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
-          progress: bool = True) -> Path:
+def train(
+    cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, *, resume: bool = False, progress: bool = True
+) -> Path:
     """Train a MAGVLT (or ARGVLT) transformer on tokenized data into out_dir; returns out_dir (App. A).
 
     The model's token fields are taken from the data's meta.json. Under torchrun, runs DDP (or FSDP2 when
@@ -155,8 +168,9 @@ def _build(cfg: TrainConfig, info: dist.DistInfo) -> tuple[TrainingObjective, nn
     if cfg.compile:
         model.compile()
     wrapped = dist.wrap(objective, model.blocks, info, cfg.fsdp)
-    optimizer = torch.optim.AdamW(param_groups(objective, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
-                                  fused=info.device.type == "cuda")
+    optimizer = torch.optim.AdamW(
+        param_groups(objective, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=info.device.type == "cuda"
+    )
     return objective, wrapped, optimizer
 
 
@@ -170,13 +184,21 @@ def _batch_stream(cfg: TrainConfig, dataset: TokenizedDataset, info: dist.DistIn
     elif cfg.bpe_dropout > 0:
         _say(info, "BPE dropout is off: the data's meta.json names no text tokenizer")
     accum = cfg.grad_accum
-    return BatchStream(dataset, batch_size=cfg.batch_size, n_micro=info.world_size * accum, seed=cfg.seed,
-                       micro_ids=range(info.rank * accum, (info.rank + 1) * accum), tokenizer=tokenizer,
-                       bpe_dropout=cfg.bpe_dropout, shuffle_shards=cfg.shuffle_shards)
+    return BatchStream(
+        dataset,
+        batch_size=cfg.batch_size,
+        n_micro=info.world_size * accum,
+        seed=cfg.seed,
+        micro_ids=range(info.rank * accum, (info.rank + 1) * accum),
+        tokenizer=tokenizer,
+        bpe_dropout=cfg.bpe_dropout,
+        shuffle_shards=cfg.shuffle_shards,
+    )
 
 
-def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: bool, info: dist.DistInfo,
-           t0: float) -> Path:
+def _train(
+    cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: bool, info: dist.DistInfo, t0: float
+) -> Path:
     dataset = TokenizedDataset(data_dir, max_open=max(128, 2 * cfg.shuffle_shards))  # a window and the next
     cfg.model, notes = fit_to_data(cfg.model, dataset.meta)
     for note in notes:
@@ -189,22 +211,31 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: 
     step, elapsed_before = 0, 0.0
     if resume:
         weights, state = rundir.load_checkpoint(out)
-        dist.load_full_state(wrapped, objective, optimizer, {f"model.{k}": v for k, v in weights.items()}, state["optimizer"])
+        dist.load_full_state(
+            wrapped, objective, optimizer, {f"model.{k}": v for k, v in weights.items()}, state["optimizer"]
+        )
         stream.load_state_dict(state["data"])
         step, elapsed_before = int(state["step"]), float(state["elapsed"])
         if info.is_main:
             rundir.truncate_metrics(out, step)
         _say(info, f"resuming {out} at step {step}")
     else:
-        _say(info, f"{objective.model.num_params() / 1e6:.2f}M parameters, {len(dataset)} pairs, "
-                   f"{info.world_size} rank(s) on {info.device}, {'bf16 autocast' if bf16 else 'fp32'}")
+        _say(
+            info,
+            f"{objective.model.num_params() / 1e6:.2f}M parameters, {len(dataset)} pairs, "
+            f"{info.world_size} rank(s) on {info.device}, {'bf16 autocast' if bf16 else 'fp32'}",
+        )
 
     def checkpoint() -> None:
         model_state, optim_state = dist.full_state(wrapped, optimizer, info)
         if info.is_main:
             weights = {k.removeprefix("model."): v for k, v in model_state.items()}
-            state = {"step": step, "optimizer": optim_state, "data": stream.state_dict(),
-                     "elapsed": elapsed_before + time.monotonic() - t0}
+            state = {
+                "step": step,
+                "optimizer": optim_state,
+                "data": stream.state_dict(),
+                "elapsed": elapsed_before + time.monotonic() - t0,
+            }
             rundir.save_checkpoint(out, weights, state)
             rundir.plot_losses(out)
         dist.barrier(info)
@@ -212,7 +243,9 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: 
     tokens_per_step = cfg.batch_size * (cfg.model.image_tokens + cfg.model.text_len + 2)
     window, last_saved = _Means(), step
     wrapped.train()
-    bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="train", disable=None if progress and info.is_main else True)
+    bar = tqdm(
+        total=cfg.steps, initial=step, unit="step", desc="train", disable=None if progress and info.is_main else True
+    )
     try:
         while step < cfg.steps:
             lr = lr_at(step, cfg)
@@ -224,8 +257,14 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: 
             time_up = cfg.max_minutes > 0 and time.monotonic() - t0 > 60 * cfg.max_minutes
             loss, time_up = all_reduce_loss(metrics.pop("loss"), time_up, info)
             if not (math.isfinite(loss) and math.isfinite(norm)):
-                kept = f"the last good checkpoint (step {last_saved}) is kept in {out}" if last_saved else "no checkpoint was written"
-                raise UserError(f"training diverged at step {step + 1}: loss {loss}, gradient norm {norm}; stopped, {kept}")
+                kept = (
+                    f"the last good checkpoint (step {last_saved}) is kept in {out}"
+                    if last_saved
+                    else "no checkpoint was written"
+                )
+                raise UserError(
+                    f"training diverged at step {step + 1}: loss {loss}, gradient norm {norm}; stopped, {kept}"
+                )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -233,9 +272,14 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: 
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps or time_up:
                 seconds = time.monotonic() - window.start
-                record = {"step": step, **window.means(), "lr": lr, "precision": "bf16" if bf16 else "fp32",
-                          "tokens_per_s": tokens_per_step * window.n / seconds,
-                          "elapsed": elapsed_before + time.monotonic() - t0}
+                record = {
+                    "step": step,
+                    **window.means(),
+                    "lr": lr,
+                    "precision": "bf16" if bf16 else "fp32",
+                    "tokens_per_s": tokens_per_step * window.n / seconds,
+                    "elapsed": elapsed_before + time.monotonic() - t0,
+                }
                 if info.is_main:
                     rundir.append_metrics(out, record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
@@ -252,8 +296,16 @@ def _train(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool, progress: 
     return out
 
 
-def _accumulate(wrapped: nn.Module, objective: TrainingObjective, micro_batches: list[dict[str, torch.Tensor]],
-                step: int, micro_ids: list[int], cfg: TrainConfig, info: dist.DistInfo, bf16: bool) -> dict[str, float]:
+def _accumulate(
+    wrapped: nn.Module,
+    objective: TrainingObjective,
+    micro_batches: list[dict[str, torch.Tensor]],
+    step: int,
+    micro_ids: list[int],
+    cfg: TrainConfig,
+    info: dist.DistInfo,
+    bf16: bool,
+) -> dict[str, float]:
     """Forward and backward over this rank's micro-batches; gradients averaged over the global batch.
 
     Returns the metrics averaged over the micro-batches ("loss" is the mean loss).
@@ -281,7 +333,9 @@ def all_reduce_loss(loss: float, time_up: bool, info: dist.DistInfo) -> tuple[fl
 
 
 @torch.no_grad()
-def evaluate_masked_accuracy(model: Transformer, batches: Iterable[dict[str, torch.Tensor]], *, seed: int = 0) -> dict[str, float]:
+def evaluate_masked_accuracy(
+    model: Transformer, batches: Iterable[dict[str, torch.Tensor]], *, seed: int = 0
+) -> dict[str, float]:
     """Masked-token accuracy per task on held-out batches, masks drawn as in training (Sec. 3.1) from a fixed seed.
 
     Keys: "t2i/image" (image tokens, text clean), "i2t/text" (text tokens, image clean), "it2it/image" and
@@ -302,8 +356,10 @@ def evaluate_masked_accuracy(model: Transformer, batches: Iterable[dict[str, tor
         for task in TASKS:
             ex = mask_task(task, model.vocab, image, text, length, generator)
             pred = predict_masked(model, ex, 0.0)
-            for modality, logits, target in (("image", pred.image_logits, ex.image_target[ex.image_mask]),
-                                             ("text", pred.text_logits, ex.text_target[ex.text_mask])):
+            for modality, logits, target in (
+                ("image", pred.image_logits, ex.image_target[ex.image_mask]),
+                ("text", pred.text_logits, ex.text_target[ex.text_mask]),
+            ):
                 if target.numel():
                     key = f"{task}/{modality}"
                     correct[key] = correct.get(key, 0) + int((logits.argmax(-1) == target).sum())

@@ -5,6 +5,7 @@ The weights and the training state are committed together: both are staged as co
 record names them, then they are renamed into place. A crash at any point leaves either the previous pair
 or, once the commit record exists, the new pair (`finish_commit` completes it on the next start).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from safetensors.torch import save_file
 
 from magvlt.checkpoint import atomic_write, atomic_write_text, load_torch, load_weights
 from magvlt.errors import UserError
-from magvlt.paths import CONFIG, METRICS, PLOT, STATE, TEXT_DIR, VQ_DIR, WEIGHTS
+from magvlt.paths import METRICS, PLOT, STATE, TEXT_DIR, VQ_DIR, WEIGHTS
 
 COMMIT = ".commit.json"
 TOKENIZER_DIRS = {"text_dir": TEXT_DIR, "vq_dir": VQ_DIR}
@@ -64,7 +65,9 @@ def copy_tokenizers(meta: dict, out: Path) -> None:
             continue
         src, dst, tmp = Path(meta[key]), out / name, out / f".{name}.tmp"
         if not src.is_dir():
-            raise UserError(f"the data's meta.json names {key} {src}, which does not exist (re-tokenize or fix meta.json)")
+            raise UserError(
+                f"the data's meta.json names {key} {src}, which does not exist (re-tokenize or fix meta.json)"
+            )
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp)
         shutil.rmtree(dst, ignore_errors=True)

@@ -7,6 +7,7 @@ restarted at encoder outputs drawn in proportion to their squared quantization e
 where the codebook serves the data worst (black background patches, the bulk of shapes-world tokens,
 are then rarely picked). Without restarts an EMA codebook collapses to a dozen codes on shapes world.
 """
+
 from __future__ import annotations
 
 import json
@@ -99,7 +100,11 @@ def patch_discriminator(channels: int = 64, n_layers: int = 2) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(3, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
     for i in range(1, n_layers + 1):
         c_in, c_out = channels * 2 ** (i - 1), channels * 2 ** min(i, 3)
-        layers += [nn.Conv2d(c_in, c_out, 4, 2 if i < n_layers else 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
+        layers += [
+            nn.Conv2d(c_in, c_out, 4, 2 if i < n_layers else 1, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.LeakyReLU(0.2),
+        ]
     layers.append(nn.Conv2d(channels * 2 ** min(n_layers, 3), 1, 4, 1, 1))
     return nn.Sequential(*layers)
 
@@ -116,7 +121,9 @@ def psnr(mse: float, peak_to_peak: float = 2.0) -> float:
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [-1, 1]."""
-    return images.permute(0, 3, 1, 2).float().contiguous() / 127.5 - 1.0  # channels-last input makes CPU GroupNorm ~10x slower
+    return (
+        images.permute(0, 3, 1, 2).float().contiguous() / 127.5 - 1.0
+    )  # channels-last input makes CPU GroupNorm ~10x slower
 
 
 def lr_at(progress: float, lr: float, warmup: float = 0.03, floor: float = 0.1) -> float:
@@ -133,15 +140,19 @@ def evaluate(model: VQGAN, images: np.ndarray, batch_size: int = 256) -> dict:
     model.eval()
     sq_err, counts = 0.0, torch.zeros(model.cfg.n_embed)
     for i in range(0, len(images), batch_size):
-        batch = images[i:i + batch_size]
+        batch = images[i : i + batch_size]
         codes = model.encode(batch)
         recon = model.decode(codes).numpy()
         sq_err += float(((recon.astype(np.float64) - batch) ** 2).sum())
         counts += torch.bincount(codes.flatten().cpu(), minlength=model.cfg.n_embed).float()
     p = counts / counts.sum()
     mse = sq_err / images.size
-    return {"psnr": psnr(mse, 255.0), "codes_used": int((counts > 0).sum()), "usage": float((counts > 0).float().mean()),
-            "perplexity": float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))}
+    return {
+        "psnr": psnr(mse, 255.0),
+        "codes_used": int((counts > 0).sum()),
+        "usage": float((counts > 0).float().mean()),
+        "perplexity": float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum())),
+    }
 
 
 @torch.no_grad()
@@ -153,10 +164,22 @@ def _sample_latents(model: VQGAN, data: torch.Tensor, gen: torch.Generator, bf16
     return z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
 
 
-def train_vq(images: np.ndarray, cfg: VQConfig, *, minutes: float = 6.0, batch_size: int = 32, lr: float = 2e-3,
-             seed: int = 0, out: Path | None = None, progress: bool = True, steps: int = 0,
-             val_images: np.ndarray | None = None, precision: str = "auto", device: str | torch.device | None = None,
-             log_every: int = 0) -> tuple[VQGAN, dict]:
+def train_vq(
+    images: np.ndarray,
+    cfg: VQConfig,
+    *,
+    minutes: float = 6.0,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    seed: int = 0,
+    out: Path | None = None,
+    progress: bool = True,
+    steps: int = 0,
+    val_images: np.ndarray | None = None,
+    precision: str = "auto",
+    device: str | torch.device | None = None,
+    log_every: int = 0,
+) -> tuple[VQGAN, dict]:
     """Train a VQ-GAN on uint8 images [N, H, W, 3] for `minutes` (or `steps`, whichever ends first).
 
     Returns the model (eval mode) and stats: steps, seconds, precision, final batch loss, and PSNR / codebook usage of
@@ -199,16 +222,28 @@ def train_vq(images: np.ndarray, cfg: VQConfig, *, minutes: float = 6.0, batch_s
         step += 1
         bar.update(1)
         if step % 10 == 0 or (log_every and step % log_every == 0):
-            status = {"loss": f"{loss.item():.4f}", "psnr": f"{psnr(F.mse_loss(recon.detach(), x).item()):.1f}",
-                      "codes": f"{codebook.active()}/{cfg.n_embed}"}
+            status = {
+                "loss": f"{loss.item():.4f}",
+                "psnr": f"{psnr(F.mse_loss(recon.detach(), x).item()):.1f}",
+                "codes": f"{codebook.active()}/{cfg.n_embed}",
+            }
             bar.set_postfix(status)
             if log_every and step % log_every == 0:
-                bar.write(f"vq step {step} " + " ".join(f"{k} {v}" for k, v in status.items()) + f" restarts {restarts}")
+                bar.write(
+                    f"vq step {step} " + " ".join(f"{k} {v}" for k, v in status.items()) + f" restarts {restarts}"
+                )
     bar.close()
     seconds = time.perf_counter() - start
     held_out = to_rgb_uint8(val_images) if val_images is not None else images[:512]
-    stats = {"steps": step, "seconds": round(seconds, 1), "precision": "bf16" if bf16 else "fp32", "images_per_s": round(step * batch_size / seconds, 1),
-             "loss": loss.item(), "restarts": restarts, **evaluate(model, held_out)}
+    stats = {
+        "steps": step,
+        "seconds": round(seconds, 1),
+        "precision": "bf16" if bf16 else "fp32",
+        "images_per_s": round(step * batch_size / seconds, 1),
+        "loss": loss.item(),
+        "restarts": restarts,
+        **evaluate(model, held_out),
+    }
     if out is not None:
         save_vq(model, out)
         atomic_write_text(Path(out) / "train_stats.json", json.dumps(stats, indent=2) + "\n")
@@ -218,7 +253,9 @@ def train_vq(images: np.ndarray, cfg: VQConfig, *, minutes: float = 6.0, batch_s
 def _check_inputs(images, cfg: VQConfig, batch_size: int, minutes: float, steps: int) -> np.ndarray:
     images = to_rgb_uint8(images)
     if images.ndim != 4 or len(images) < batch_size:
-        raise UserError(f"need at least batch_size={batch_size} images [N, H, W, 3] to train on, got shape {images.shape}")
+        raise UserError(
+            f"need at least batch_size={batch_size} images [N, H, W, 3] to train on, got shape {images.shape}"
+        )
     if cfg.rec_loss not in ("l1", "l2"):
         raise UserError(f"VQConfig.rec_loss must be 'l1' or 'l2', got {cfg.rec_loss!r}")
     if minutes <= 0 and steps <= 0:
@@ -251,7 +288,9 @@ def _losses(model: VQGAN, disc: nn.Module | None, x: torch.Tensor, cfg: VQConfig
     return loss, recon, z, codes
 
 
-def _discriminator_step(disc: nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor, bf16: bool) -> None:
+def _discriminator_step(
+    disc: nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor, bf16: bool
+) -> None:
     """One hinge-loss update of the PatchGAN discriminator."""
     with autocast(bf16, real.device):
         loss = F.relu(1 - disc(real)).mean() + F.relu(1 + disc(fake)).mean()

@@ -1,4 +1,5 @@
 """Save and load a VQ-GAN as config.json + model.safetensors; every load checks names and shapes strictly."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,6 @@ from magvlt.config import VQConfig, load_json, save_json
 from magvlt.errors import UserError
 from magvlt.paths import CONFIG, WEIGHTS
 from magvlt.vq.model import VQGAN
-
 
 
 def _listing(names, limit: int = 5) -> str:
@@ -27,8 +27,11 @@ def load_state_strict(model: VQGAN, state_dict: dict[str, torch.Tensor], source:
         problems.append(f"missing {len(missing)} key(s): {_listing(missing)}")
     if unexpected:
         problems.append(f"unexpected {len(unexpected)} key(s): {_listing(unexpected)}")
-    wrong = [f"{k} {tuple(state_dict[k].shape)} (expected {tuple(v.shape)})"
-             for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    wrong = [
+        f"{k} {tuple(state_dict[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
     if wrong:
         problems.append(f"{len(wrong)} shape mismatch(es): {_listing(wrong, 3)}")
     if problems:

@@ -5,6 +5,7 @@ checkpoints load strictly. `VQConfig.arch = "patch"` swaps in an encoder and dec
 at a time (same quantizer, training and helpers). Images enter as uint8 RGB [B, H, W, 3] or float [B, 3, H, W]
 in [-1, 1].
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -174,8 +175,10 @@ class PatchMLP(nn.Module):
 
     def __init__(self, channels: int, depth: int):
         super().__init__()
-        self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Conv2d(channels, channels, 1), nn.SiLU(),
-                                                  nn.Conv2d(channels, channels, 1)) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.SiLU(), nn.Conv2d(channels, channels, 1), nn.SiLU(), nn.Conv2d(channels, channels, 1))
+            for _ in range(depth)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -248,7 +251,9 @@ class VQGAN(nn.Module):
         if cfg.arch not in ("taming", "patch"):
             raise UserError(f"VQConfig.arch must be 'taming' or 'patch', got {cfg.arch!r}")
         if any(cfg.ch * m % 32 or m < 1 for m in (1, *cfg.ch_mult)):
-            raise UserError(f"VQConfig: every width ch * ch_mult must be a positive multiple of 32 (GroupNorm(32)), got ch={cfg.ch}, ch_mult={cfg.ch_mult}")
+            raise UserError(
+                f"VQConfig: every width ch * ch_mult must be a positive multiple of 32 (GroupNorm(32)), got ch={cfg.ch}, ch_mult={cfg.ch_mult}"
+            )
         self.cfg = cfg
         if cfg.arch == "taming":
             self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
@@ -289,7 +294,9 @@ class VQGAN(nn.Module):
         """Float images [B, 3, H, W] in [-1, 1] from codes [B, h, w] or [B, h*w] (grid=(h, w) if not square)."""
         codes, dtype = self.check_tokens(tokens, grid), self.quant_conv.weight.dtype
         chunk = max(1, CHUNK_PIXELS // (codes.shape[1] * codes.shape[2] * self.factor**2))
-        return torch.cat([self.reconstruct(self.quantize.lookup(part).to(dtype)).float().clamp(-1, 1) for part in codes.split(chunk)])
+        return torch.cat(
+            [self.reconstruct(self.quantize.lookup(part).to(dtype)).float().clamp(-1, 1) for part in codes.split(chunk)]
+        )
 
     def decode(self, tokens, grid: tuple[int, int] | None = None) -> torch.Tensor:
         """uint8 RGB images [B, H, W, 3] on the CPU from codes [B, h, w] or [B, h*w]."""
@@ -307,26 +314,35 @@ class VQGAN(nn.Module):
                 raise UserError("float images must lie in [-1, 1]; uint8 images [B, H, W, 3] are also accepted")
             x = images.to(param.device, param.dtype)
         else:
-            if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.ndim == 4 and images.shape[-1] == 3):
+            if not (
+                isinstance(images, torch.Tensor)
+                and images.dtype == torch.uint8
+                and images.ndim == 4
+                and images.shape[-1] == 3
+            ):
                 images = torch.from_numpy(to_rgb_uint8(images.cpu() if isinstance(images, torch.Tensor) else images))
                 images = images[None] if images.ndim == 3 else images
             x = images.to(param.device).permute(0, 3, 1, 2).to(param.dtype) / 127.5 - 1.0
         f, (h, w) = self.factor, x.shape[-2:]
         if h % f or w % f or h == 0 or w == 0 or x.shape[0] == 0:
-            raise UserError(f"image size {h}x{w} must be non-empty and divisible by {f} (the tokenizer's downsampling factor)")
+            raise UserError(
+                f"image size {h}x{w} must be non-empty and divisible by {f} (the tokenizer's downsampling factor)"
+            )
         return x.contiguous()
 
     def check_tokens(self, tokens, grid: tuple[int, int] | None) -> torch.Tensor:
         """Codes as a LongTensor [B, h, w] on the model's device; out-of-range or malformed codes are refused."""
         codes = torch.as_tensor(tokens)
         if codes.is_floating_point() or codes.dtype == torch.bool or codes.ndim not in (2, 3) or codes.numel() == 0:
-            raise UserError(f"tokens must be a non-empty integer array [B, h, w] or [B, h*w], got {codes.dtype} {tuple(codes.shape)}")
+            raise UserError(
+                f"tokens must be a non-empty integer array [B, h, w] or [B, h*w], got {codes.dtype} {tuple(codes.shape)}"
+            )
         if codes.min() < 0 or codes.max() >= self.cfg.n_embed:
             raise UserError(f"tokens must lie in [0, {self.cfg.n_embed}), got [{int(codes.min())}, {int(codes.max())}]")
         if codes.ndim == 2:
             n = codes.shape[1]
             if grid is None:
-                side = round(n ** 0.5)
+                side = round(n**0.5)
                 if side * side != n:
                     raise UserError(f"{n} tokens per image is not a square grid; pass grid=(h, w)")
                 grid = (side, side)
@@ -352,11 +368,15 @@ def to_rgb_uint8(array) -> np.ndarray:
     if a.dtype == np.uint16:
         a = ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     elif a.dtype != np.uint8:
-        raise UserError(f"images must be uint8 or uint16 pixel arrays, got {a.dtype}; float images go in as [B, 3, H, W] in [-1, 1]")
+        raise UserError(
+            f"images must be uint8 or uint16 pixel arrays, got {a.dtype}; float images go in as [B, 3, H, W] in [-1, 1]"
+        )
     if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] > 4):
         a = a[..., None]
     if a.ndim not in (3, 4) or a.shape[-1] not in (1, 2, 3, 4):
-        raise UserError(f"cannot read an image of shape {a.shape}; expected [H, W], [H, W, C] or [B, H, W, C] with C in 1-4")
+        raise UserError(
+            f"cannot read an image of shape {a.shape}; expected [H, W], [H, W, C] or [B, H, W, C] with C in 1-4"
+        )
     if a.shape[-1] in (2, 4):
         alpha = a[..., -1:].astype(np.uint16)
         a = ((a[..., :-1].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)

@@ -1,4 +1,5 @@
 """Load the public taming-transformers checkpoints (e.g. vqgan_imagenet_f16_16384/checkpoints/last.ckpt)."""
+
 from __future__ import annotations
 
 import dataclasses
