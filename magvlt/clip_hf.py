@@ -58,18 +58,17 @@ class HFClipScorer:
             raise UserError(f"cannot load CLIP from {directory}: {e}") from None
         if device is not None:
             self.model = self.model.to(device)
-        self.device = next(self.model.parameters()).device
 
     @torch.no_grad()
     def score(self, images, captions: Sequence[str]) -> torch.Tensor:
         """Scores [B] of uint8 RGB images [B, H, W, 3] against captions[B]."""
         if len(images) != len(captions):
             raise UserError(f"{len(images)} images but {len(captions)} captions")
-        size = self.model.config.vision_config.image_size
+        size, device = self.model.config.vision_config.image_size, next(self.model.parameters()).device
         text = self.tokenizer(list(captions), padding=True, truncation=True, max_length=77, return_tensors="pt")
-        img = self.model.get_image_features(pixel_values=clip_pixels(images, size).to(self.device))
+        img = self.model.get_image_features(pixel_values=clip_pixels(images, size).to(device))
         txt = self.model.get_text_features(
-            input_ids=text.input_ids.to(self.device), attention_mask=text.attention_mask.to(self.device)
+            input_ids=text.input_ids.to(device), attention_mask=text.attention_mask.to(device)
         )
         return F.cosine_similarity(_features(img), _features(txt), dim=-1).float().cpu()
 

@@ -8,6 +8,7 @@ for users who have its weights.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -171,11 +172,16 @@ def save_contrastive(model: ContrastiveModel, tokenizer, directory: str | Path) 
     return directory
 
 
-def load_scorer(directory: str | Path, device=None) -> ContrastiveScorer:
-    """The ContrastiveScorer saved in a directory by `magvlt clip train`."""
+def load_scorer(directory: str | Path, device=None) -> Scorer:
+    """The ContrastiveScorer saved in a directory by `magvlt clip train`, or CLIP ViT-B/32 (the paper's reranker,
+    Sec. 4.2-4.3) from a local transformers `openai/clip-vit-base-patch32` directory."""
     from magvlt.text import load_text_tokenizer
 
     directory = Path(directory)
+    if _is_hf_clip(directory):
+        from magvlt.clip_hf import HFClipScorer
+
+        return HFClipScorer(directory, device)
     if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
         raise UserError(
             f"{directory} is not a scorer directory (needs {CONFIG} and {WEIGHTS}; make one with `magvlt clip train`)"
@@ -188,3 +194,11 @@ def load_scorer(directory: str | Path, device=None) -> ContrastiveScorer:
     if device is not None:
         model = model.to(device)
     return ContrastiveScorer(model, load_text_tokenizer(directory / TEXT_DIR))
+
+
+def _is_hf_clip(directory: Path) -> bool:
+    """A transformers CLIP directory: its config.json describes a vision tower."""
+    try:
+        return "vision_config" in json.loads((directory / CONFIG).read_text())
+    except (OSError, ValueError):
+        return False

@@ -67,3 +67,12 @@ def test_bad_inputs(tmp_path, clip_dir):
         HFClipScorer(tmp_path)
     with pytest.raises(UserError, match="captions"):
         HFClipScorer(clip_dir).score(np.zeros((2, 32, 32, 3), dtype=np.uint8), ["one"])
+
+
+def test_load_scorer_takes_a_transformers_clip_directory(clip_dir):
+    from magvlt.rerank import load_scorer
+
+    scorer = load_scorer(clip_dir)
+    assert isinstance(scorer, HFClipScorer)
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    assert scorer.score(images, ["a cat", "a dog"]).shape == (2,)

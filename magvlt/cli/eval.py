@@ -28,8 +28,11 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--scorer",
+        "--clip",
+        dest="scorer",
         type=Path,
-        help="contrastive scorer directory (`magvlt clip train`): reranks and gives the CLIP score",
+        help="reranker and CLIP score: a `magvlt clip train` directory or a local openai/clip-vit-base-patch32 "
+        "(transformers) directory",
     )
     p.add_argument("--references", type=Path, help="COCO-format caption file with the references of --data pairs")
     p.add_argument(

@@ -44,7 +44,12 @@ def _guided(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--candidates", type=int, help="samples per input, the best is kept (default: the preset's)")
     parser.add_argument(
-        "--scorer", type=Path, help="reranker directory from `magvlt clip train` (else: model likelihood)"
+        "--scorer",
+        "--clip",
+        dest="scorer",
+        type=Path,
+        help="reranker: a `magvlt clip train` directory or a local openai/clip-vit-base-patch32 (transformers) "
+        "directory (default: the run's scorer/, else the model's likelihood)",
     )
 
 
