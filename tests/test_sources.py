@@ -259,3 +259,17 @@ def test_an_image_size_the_vq_gan_cannot_halve_is_refused(setup, capsys):
         "18",
     ]
     assert cli_main(argv) == 2 and "must be a multiple of 4" in capsys.readouterr().err
+
+
+def test_a_file_that_cannot_be_read_is_a_skipped_sample(setup, tmp_path):
+    _, vq, tok = setup
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i, caption in enumerate(WORDS[:3]):
+        (folder / f"img{i}.jpg").write_bytes(image_bytes(24, 20, seed=i))
+        (folder / f"img{i}.txt").write_text(caption)
+    units = open_source(folder)
+    (folder / "img1.jpg").unlink()  # listed, then gone: root reads through permissions, a vanished file does not
+    out = tokenize_units(units, vq, tok, tmp_path / "out", vq_dir=None, text_dir=None, image_size=16, progress=False)
+    assert json.loads((out / REPORT).read_text())["skipped_by_reason"] == {"unreadable file": 1}
+    assert TokenizedDataset(out).rows(np.arange(2))[1] == [WORDS[0], WORDS[2]]

@@ -76,8 +76,8 @@ def _tar_header(name: str, size: int) -> bytes:
     """A POSIX ustar header for a regular file (mode 644, owner 0, mtime 0), as tarfile writes it."""
     h = bytearray(512)
     h[0:100] = name.encode().ljust(100, b"\0")
-    h[100:136] = b"0000644\00000000\00000000\0" + b"%011o\0" % size
-    h[136:157] = b"00000000000\0        0"  # mtime, checksum placeholder, type: regular file
+    h[100:136] = b"0000644\x000000000\x000000000\x00" + b"%011o\x00" % size  # mode, uid, gid, size
+    h[136:157] = b"00000000000\x00        0"  # mtime, checksum placeholder, type: regular file
     h[257:265] = b"ustar\x0000"
     h[148:156] = b"%06o\0 " % sum(h)
     return bytes(h)
@@ -170,6 +170,8 @@ def image_file(files: dict[str, tuple[str, bytes]]) -> tuple[str, bytes]:
     found = next((files[e] for e in IMAGE_EXTS if e in files), None)
     if found is None:
         raise BadSample("no image", "no " + "/".join(IMAGE_EXTS) + " file")
+    if found[1] is None:
+        raise BadSample("unreadable file", found[0])
     return found
 
 
@@ -177,7 +179,10 @@ def caption_file(files: dict[str, tuple[str, bytes]]) -> str:
     """A key's caption text (see caption_text); BadSample "no caption" if it has no .txt file."""
     if CAPTION_EXT not in files:
         raise BadSample("no caption", f"no .{CAPTION_EXT} file")
-    return caption_text(files[CAPTION_EXT][1])
+    where, data = files[CAPTION_EXT]
+    if data is None:
+        raise BadSample("unreadable file", where)
+    return caption_text(data)
 
 
 def _pair(key: str, files: dict[str, tuple[str, bytes]]) -> Pair:
@@ -230,10 +235,15 @@ def tar_members(path: Path) -> Iterator[tuple[str, str, bytes]]:
         raise BadSample("unreadable shard", f"cannot read tar shard {path}: {e}") from None
 
 
-def folder_members(path: Path, names: Iterable[str]) -> Iterator[tuple[str, str, bytes]]:
-    """(name, where, bytes) of the named files of a folder, in the given order."""
+def folder_members(path: Path, names: Iterable[str]) -> Iterator[tuple[str, str, bytes | None]]:
+    """(name, where, bytes) of the named files of a folder, in the given order; None for a file that cannot be
+    read (permissions, vanished), which `image_file` and `caption_file` report as a bad sample."""
     for name in names:
-        yield name, str(path / name), (path / name).read_bytes()
+        try:
+            data = (path / name).read_bytes()
+        except OSError:
+            data = None
+        yield name, str(path / name), data
 
 
 def folder_names(path: Path) -> list[str]:
