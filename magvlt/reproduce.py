@@ -95,12 +95,13 @@ def result_key(run: Run, seed: int, steps: int, tok: str) -> str:
 
 def train_run(run: Run, seed: int, grid: GridConfig, data: dict[str, Path], tok: str) -> Path:
     """Train one configuration with one seed (cached in its own run directory)."""
+    from magvlt import paths
     from magvlt.train import rundir
     from magvlt.train.loop import train
 
     name = run.key.replace("|", "_").replace("=", "-").replace(".", "-")
     out = grid.out / "runs" / f"{name}_seed{seed}_steps{grid.steps}_tok{tok}"  # never reuse a --quick run as a full one
-    if (out / rundir.CONFIG).exists() and rundir.has_checkpoint(out):
+    if (out / paths.CONFIG).exists() and rundir.has_checkpoint(out):
         return out
     cfg = apply_overrides(demo_train_config(grid.demo, grid.steps, run.preset), list(run.overrides))
     cfg.seed, cfg.ckpt_every, cfg.max_minutes = seed, grid.steps, 0.0  # equal updates per run, no time cap

@@ -11,6 +11,7 @@ import pytest
 import torch
 from synthetic import SUBPROCESS_ENV, write_synthetic
 
+from magvlt import paths
 from magvlt.checkpoint import load_torch, load_weights
 from magvlt.cli import main as cli_main
 from magvlt.config import ModelConfig, TrainConfig, load_json
@@ -183,7 +184,7 @@ def test_interrupted_commit_is_completed_or_dropped(tmp_path):
     # A crash after staging both files and writing the commit record: the next start completes it.
     rundir.atomic_write(tmp_path / ".model.safetensors.next", lambda p: rundir.save_file(staged, str(p)))
     rundir.atomic_write(tmp_path / ".train_state.pt.next", lambda p: torch.save({"step": 2}, p))
-    (tmp_path / rundir.COMMIT).write_text(json.dumps({n: f".{n}.next" for n in (rundir.WEIGHTS, rundir.STATE)}))
+    (tmp_path / rundir.COMMIT).write_text(json.dumps({n: f".{n}.next" for n in (paths.WEIGHTS, paths.STATE)}))
     rundir.finish_commit(tmp_path)
     weights, state = rundir.load_checkpoint(tmp_path)
     assert state["step"] == 2 and torch.equal(weights["w"], torch.ones(2))

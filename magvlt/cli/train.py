@@ -35,8 +35,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from magvlt.config import TRAIN_PRESETS, TrainConfig, apply_overrides, load_json, preset
+    from magvlt.paths import CONFIG
     from magvlt.train.loop import train
-    from magvlt.train.rundir import CONFIG
 
     if args.resume:
         if not (args.out / CONFIG).is_file():

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from magvlt import paths
 from magvlt.config import ModelConfig, ObjectiveConfig, TrainConfig, load_json, save_json
 from magvlt.data.tokenized import BatchStream, TokenizedDataset, derive_seed
 from magvlt.errors import UserError
@@ -87,7 +88,7 @@ def _check_config(cfg: TrainConfig, world_size: int) -> None:
 
 def _resumed_config(cfg: TrainConfig, out: Path) -> None:
     """Refuse to resume a run whose model differs from the one this config (fitted to the data) describes."""
-    saved = load_json(TrainConfig, out / rundir.CONFIG).model
+    saved = load_json(TrainConfig, out / paths.CONFIG).model
     diff = [
         f"{f.name}: run has {getattr(saved, f.name)}, now {getattr(cfg.model, f.name)}"
         for f in dataclasses.fields(ModelConfig)
@@ -145,16 +146,16 @@ def _open_run(cfg: TrainConfig, out: Path, resume: bool, meta: dict, info: dist.
         rundir.finish_commit(out)
     dist.barrier(info)
     if resume and not rundir.has_checkpoint(out):
-        raise UserError(f"nothing to resume: {out} holds no checkpoint ({rundir.STATE})")
+        raise UserError(f"nothing to resume: {out} holds no checkpoint ({paths.STATE})")
     if resume:
         _resumed_config(cfg, out)
     elif rundir.has_checkpoint(out):
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another output directory")
     elif info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        save_json(cfg, out / rundir.CONFIG)
+        save_json(cfg, out / paths.CONFIG)
         rundir.copy_tokenizers(meta, out)
-        (out / rundir.METRICS).unlink(missing_ok=True)
+        (out / paths.METRICS).unlink(missing_ok=True)
 
 
 def _build(cfg: TrainConfig, info: dist.DistInfo) -> tuple[TrainingObjective, nn.Module, torch.optim.Optimizer]:
