@@ -2,7 +2,7 @@
 
 Reuses the demo's cached stages under --demo (shapes-world pairs, caption BPE, VQ-GAN, training shards; built
 if missing), tokenizes the `val` split, trains the tiny preset (8:1:1 tasks, UnrollMask, MixSel) for
---seconds with the step count calibrated to this machine, and evaluates masked-token accuracy on `val` with
+--seconds of wall time (the learning rate decayed over that time), and evaluates masked-token accuracy on `val` with
 masks drawn as in training. "majority" is always guessing the most common target token, the real chance
 level (most image tokens are background).
 
@@ -24,9 +24,10 @@ from magvlt.checkpoint import load_weights
 from magvlt.config import TrainConfig, load_json
 from magvlt.data.pairs import load_pairs
 from magvlt.data.tokenized import TokenizedDataset
-from magvlt.demo import DemoConfig, calibrate_steps, demo_train_config, prepare, tokenize
+from magvlt.demo import DemoConfig, demo_train_config, prepare, tokenize
 from magvlt.model import Transformer
 from magvlt.train.loop import evaluate_masked_accuracy, train
+from magvlt.train.rundir import read_metrics
 
 
 def main() -> None:
@@ -50,15 +51,12 @@ def main() -> None:
         tmp = Path(tmp)
         held = tokenize(*load_pairs(prep.data / "val"), prep.text, prep.vq, tmp / "val", progress=False)
 
-        def config(steps: int) -> TrainConfig:
-            cfg = demo_train_config(demo, steps)
-            cfg.model.official = args.arch == "official"
-            return cfg
-
-        steps = calibrate_steps(config(1), prep.tokens, demo.minutes)
+        cfg = demo_train_config(demo)
+        cfg.model.official = args.arch == "official"
         start = time.perf_counter()
-        run = train(config(steps), prep.tokens, tmp / "run", progress=True)
+        run = train(cfg, prep.tokens, tmp / "run", progress=True)
         seconds = time.perf_counter() - start
+        steps = read_metrics(run)[-1]["step"]
         model = Transformer(load_json(TrainConfig, run / "config.json").model)
         model.load_state_dict(load_weights(run / "model.safetensors"))
         rows, _ = TokenizedDataset(held).rows(np.arange(len(TokenizedDataset(held))))

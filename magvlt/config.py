@@ -108,7 +108,10 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 200
-    max_minutes: float = 0.0  # stop (and checkpoint) after this wall time; 0 means no limit
+    max_minutes: float = 0.0  # stop (and checkpoint) after this much wall time in all (resumes included); 0: no limit
+    # what the warmup + cosine decay runs over: "steps", or "time" (max_minutes of wall time: a fixed time budget
+    # that ends with the learning rate decayed however many updates a loaded machine manages; steps is then a cap)
+    schedule: str = "steps"
 
 
 MODEL_PRESETS: dict[str, ModelConfig] = {

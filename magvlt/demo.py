@@ -76,69 +76,22 @@ class Stages:
         return path
 
 
-def demo_train_config(cfg: DemoConfig, steps: int, name: str = "tiny") -> TrainConfig:
+def demo_train_config(cfg: DemoConfig, steps: int | None = None, name: str = "tiny") -> TrainConfig:
     """A CPU preset ("tiny", or "tiny-ar" for ARGVLT) with the paper's 8:1:1 tasks, UnrollMask and MixSel, at the
-    demo's width, batch and learning rate, sized to the time budget."""
+    demo's width, batch and learning rate: trained for `steps` updates, or (None) for cfg.minutes of wall time with
+    the learning rate decayed over that time, so a loaded machine runs fewer updates but still ends decayed."""
     train = preset(TRAIN_PRESETS, name)
-    train.steps, train.seed, train.batch_size, train.lr = steps, cfg.seed, cfg.batch_size, cfg.lr
+    train.seed, train.batch_size, train.lr = cfg.seed, cfg.batch_size, cfg.lr
     train.model.text_len, train.model.n_embd = cfg.text_len, cfg.width
     # with the small caption BPE, dropout inflates lengths ~28% and the length head learns a noisy target,
     # which showed up as repeated words in I2T (40% of captions with dropout vs 0% without, 600+ steps)
     train.bpe_dropout = 0.0
-    train.warmup_steps = max(10, steps // 20)
-    train.max_minutes = cfg.minutes * 1.15  # the schedule is sized by steps; this only guards slow machines
-    train.ckpt_every = max(50, steps // 5)
+    if steps is None:
+        train.schedule, train.max_minutes, train.steps = "time", cfg.minutes, 10**9
+        train.warmup_steps, train.ckpt_every = 40, 200
+    else:
+        train.steps, train.warmup_steps, train.ckpt_every = steps, max(10, steps // 20), max(50, steps // 5)
     return train
-
-
-def calibrate_steps(train_cfg: TrainConfig, data_dir: Path, minutes: float) -> int:
-    """How many optimizer steps fit in `minutes` on this machine: each task's step timed on a real batch after a
-    warm-up, weighted by the task mix, since the tasks' objectives take two to four forwards (timing the mix
-    itself over a few steps overestimated a 50-minute run by a third)."""
-    import torch
-
-    from magvlt.data.tokenized import TokenizedDataset
-    from magvlt.model import Transformer
-    from magvlt.objectives import TASKS, trained_task_weights
-    from magvlt.precision import use_bf16
-    from magvlt.train.loop import fit_to_data, param_groups
-
-    dataset = TokenizedDataset(data_dir)
-    model = Transformer(fit_to_data(train_cfg.model, dataset.meta)[0]).train()
-    optimizer = torch.optim.AdamW(param_groups(model, train_cfg.weight_decay), lr=train_cfg.lr)
-    batch = dataset.rows(np.arange(min(train_cfg.batch_size, len(dataset))))[0]
-    weights = trained_task_weights(train_cfg.objective.task_weights, train_cfg.model.causal)
-    bf16 = use_bf16(train_cfg.precision, "cpu")
-    seconds = sum(
-        w * _step_seconds(model, optimizer, batch, train_cfg, task, bf16) for task, w in zip(TASKS, weights) if w > 0
-    )
-    return max(20, int(minutes * 60 * sum(weights) / seconds))
-
-
-def _step_seconds(
-    model, optimizer, batch: dict, cfg: TrainConfig, task, bf16: bool, warmup: int = 2, timed: int = 4
-) -> float:
-    """Mean wall time of one training step of `task` (forward, backward, AdamW) after `warmup` steps."""
-    import torch
-
-    from magvlt.objectives import training_loss
-    from magvlt.precision import autocast
-
-    generator = torch.Generator().manual_seed(cfg.seed)
-
-    def step() -> None:
-        with autocast(bf16, "cpu"):
-            loss, _ = training_loss(model, batch, cfg.objective, task, generator)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(timed):
-        step()
-    return (time.perf_counter() - start) / timed
 
 
 @dataclass
@@ -231,12 +184,11 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     prep, out = prepare(cfg), Path(cfg.out)
 
-    def train_model() -> None:
-        steps = calibrate_steps(demo_train_config(cfg, 1), prep.tokens, cfg.minutes)
-        print(f"[demo] {steps} steps fit in {cfg.minutes:g} minutes on this machine", flush=True)
-        train(demo_train_config(cfg, steps), prep.tokens, out / "model", progress=cfg.progress)
-
-    model_dir = prep.stage(f"MAGVLT ({cfg.minutes:g} min)", out / "model", train_model)
+    model_dir = prep.stage(
+        f"MAGVLT ({cfg.minutes:g} min)",
+        out / "model",
+        lambda: train(demo_train_config(cfg), prep.tokens, out / "model", progress=cfg.progress),
+    )
     return evaluate_and_draw(cfg, out, model_dir, prep.scorer)
 
 
@@ -289,11 +241,31 @@ def copy_scorer(scorer_dir: Path, model_dir: Path) -> None:
 
 
 def _train_summary(model_dir: Path) -> dict:
+    """The last training record, with the CPU share averaged over the run."""
     from magvlt.train.rundir import read_metrics
 
     records = read_metrics(model_dir)
     last = records[-1] if records else {}
-    return {k: last[k] for k in ("step", "loss", "elapsed", "tokens_per_s", "precision") if k in last}
+    out = {k: last[k] for k in ("step", "loss", "elapsed", "tokens_per_s", "precision") if k in last}
+    shares = [r["cpu_share"] for r in records if "cpu_share" in r]
+    if shares:
+        out["cpu_share"] = sum(shares) / len(shares)
+    return out
+
+
+def _updates_line(train: dict) -> str:
+    """How many updates the transformer got, and how many a quiet machine would have run in the same time."""
+    line = (
+        f"  MAGVLT: {train['step']} updates in {train.get('elapsed', 0) / 60:.1f} min, "
+        f"{train.get('precision', 'fp32')} arithmetic"
+    )
+    share = train.get("cpu_share")
+    if share is None:
+        return line
+    line += f"; training got {min(share, 1.0):.0%} of the CPU time of its threads"
+    if share < 0.9:
+        line += f": other processes took the rest, a quiet machine would run ~{train['step'] / share:.0f} updates"
+    return line
 
 
 def summary(metrics: dict, out: Path) -> str:
@@ -301,13 +273,13 @@ def summary(metrics: dict, out: Path) -> str:
     rerank = metrics["val"]["rerank"]
     k = {rerank["image_candidates"], rerank["text_candidates"]}
     protocol = "sampled once" if k == {1} else f"best of {'/'.join(map(str, sorted(k)))} by the {rerank['by']}"
-    lines = [f"[demo] done: {out}/samples.png, refinement.gif, loss.png, metrics.json  (judged: {protocol})"]
+    lines = [
+        f"[demo] done: {out}/samples.png (green frame: judged right, red: wrong), refinement.gif, loss.png, "
+        f"metrics.json  (judged: {protocol})"
+    ]
     train = metrics.get("train", {})
     if train:
-        lines.append(
-            f"  MAGVLT: {train['step']} updates in {train.get('elapsed', 0) / 60:.1f} min, "
-            f"{train.get('precision', 'fp32')} arithmetic"
-        )
+        lines.append(_updates_line(train))
     for split in ("val", "novel"):
         m = metrics[split]
         lines.append(
@@ -321,7 +293,8 @@ def summary(metrics: dict, out: Path) -> str:
 
 def draw_samples(pipe, path: Path, cfg: DemoConfig, n: int = 6) -> None:
     """samples.png: T2I, I2T, inpainting, infilling and joint generation, each a row of captioned tiles, sampled
-    as the evaluation samples (the scorer's best of `cfg.candidates`)."""
+    as the evaluation samples (the scorer's best of `cfg.candidates`); the judge frames each result green (right)
+    or red (wrong); a joint pair is right when its image shows its caption."""
     from magvlt.data.shapes import render_split
     from magvlt.eval.figures import Tile, grid
 
@@ -335,14 +308,31 @@ def draw_samples(pipe, path: Path, cfg: DemoConfig, n: int = 6) -> None:
     infilled = pipe.infill(images, masked_text, generator=_generators(seed, n)).texts
     pairs = pipe.generate_pairs(n, generator=_generators(seed, n))
     rows = {
-        "text -> image": [Tile(g, c) for g, c in zip(generated, captions)],
-        "image -> text": [Tile(i, w) for i, w in zip(images, written)],
+        "text -> image": [Tile(g, c, _shows(g, c)) for g, c in zip(generated, captions)],
+        "image -> text": [Tile(i, w, _same_scene(w, c)) for i, w, c in zip(images, written, captions)],
         "inpainting: input": [Tile(h, c) for h, c in zip(holed, captions)],
-        "inpainting: result": [Tile(p, "") for p in inpainted],
-        "infilling": [Tile(i, f"{m}\n-> {f}") for i, m, f in zip(images, masked_text, infilled)],
-        "joint image + text": [Tile(i, c) for i, c in zip(pairs.images, pairs.texts)],
+        "inpainting: result": [Tile(p, "", _shows(p, c)) for p, c in zip(inpainted, captions)],
+        "infilling": [
+            Tile(i, f"{m}\n-> {f}", _same_scene(f, c)) for i, m, f, c in zip(images, masked_text, infilled, captions)
+        ],
+        "joint image + text": [Tile(i, c, _shows(i, c)) for i, c in zip(pairs.images, pairs.texts)],
     }
     grid(rows).save(path)
+
+
+def _shows(image, caption: str) -> bool:
+    """The judge's verdict: the image shows exactly the caption's scene."""
+    from magvlt.eval.judge import parse_caption, parse_image
+
+    scene = parse_caption(caption)
+    return scene is not None and parse_image(np.asarray(image)) == scene
+
+
+def _same_scene(caption: str, reference: str) -> bool:
+    from magvlt.eval.judge import parse_caption
+
+    scene = parse_caption(caption)
+    return scene is not None and scene == parse_caption(reference)
 
 
 def _with_hole(images: np.ndarray) -> np.ndarray:

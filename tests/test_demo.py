@@ -37,12 +37,13 @@ def test_demo_runs_every_stage_writes_its_outputs_and_reuses_the_cache(tmp_path,
     pipe = MAGVLTPipeline.from_pretrained(out / "model")  # samples as the demo judged: its preset and scorer
     assert pipe.preset.image_candidates == 2 and pipe.preset.text.temperature == 0.5 and pipe.scorer is not None
     first = capsys.readouterr().out
-    assert "steps fit in" in first and "T2I exact" in first and "best of 2 by the contrastive scorer" in first
+    assert "MAGVLT: " in first and " updates in " in first and "of the CPU time of its threads" in first
+    assert "T2I exact" in first and "best of 2 by the contrastive scorer" in first and "green frame" in first
 
     weights = (out / "model" / "model.safetensors").stat().st_mtime_ns
     run_demo(cfg)
     second = capsys.readouterr().out
-    assert second.count(": cached in") == 8 and "steps fit in" not in second  # 3 splits, BPE, VQ, tokens, scorer, model
+    assert second.count(": cached in") == 8 and "train:" not in second  # 3 splits, BPE, VQ, tokens, scorer, model
     assert (out / "model" / "model.safetensors").stat().st_mtime_ns == weights
 
 
@@ -66,8 +67,10 @@ def test_demo_training_config_is_the_paper_recipe_at_the_demo_size():
         demo.width,
         demo.text_len,
     )
-    assert cfg.bpe_dropout == 0.0 and cfg.max_minutes == pytest.approx(demo.minutes * 1.15)
+    assert cfg.bpe_dropout == 0.0 and cfg.schedule == "steps"
     assert demo_train_config(demo, 300, "tiny-ar").model.causal
+    timed = demo_train_config(demo)  # the demo itself: a wall-time budget, the learning rate decayed over it
+    assert (timed.schedule, timed.max_minutes) == ("time", demo.minutes) and timed.objective == cfg.objective
 
 
 def test_reproduce_tables_show_mean_and_spread_over_seeds():

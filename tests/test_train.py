@@ -44,6 +44,26 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
     assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
 
 
+def test_time_schedule_decays_over_the_time_budget_whatever_the_step():
+    cfg = TrainConfig(steps=10**9, warmup_steps=10, lr=1.0, min_lr_ratio=0.1, schedule="time", max_minutes=2.0)
+    assert lr_at(5, cfg, elapsed=100.0) == pytest.approx(0.6)  # warmup counts updates
+    assert lr_at(20, cfg, elapsed=60.0) == lr_at(5000, cfg, elapsed=60.0) == pytest.approx(0.55)
+    assert lr_at(20, cfg, elapsed=120.0) == pytest.approx(0.1) and lr_at(20, cfg, elapsed=500.0) == pytest.approx(0.1)
+
+
+def test_time_schedule_run_ends_at_its_budget_with_the_learning_rate_decayed(tmp_path):
+    data = write_synthetic(tmp_path / "data", n=64)
+    cfg = tiny_config(steps=10**6, warmup_steps=1, log_every=1, schedule="time", max_minutes=0.04)
+    out = train(cfg, data, tmp_path / "run", progress=False)
+    records = rundir.read_metrics(out)
+    assert 1 < records[-1]["step"] < 10**6 and records[-1]["elapsed"] >= 0.04 * 60
+    lrs = [r["lr"] for r in records[1:]]  # after the one warmup update: down the cosine, by elapsed time
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.6 * cfg.lr
+    assert 0 < records[-1]["cpu_share"] <= 1.5
+    with pytest.raises(UserError, match="schedule must be"):
+        train(tiny_config(schedule="time"), data, tmp_path / "bad", progress=False)
+
+
 def test_no_weight_decay_on_norms_biases_embeddings():
     model = Transformer(
         ModelConfig(n_layer=1, n_head=2, n_embd=16, image_vocab=8, image_grid=(2, 2), text_vocab=8, text_len=4)

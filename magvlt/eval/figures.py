@@ -17,12 +17,17 @@ LABEL_WIDTH = 120
 PAD = 6
 
 
+MARK = {True: (20, 170, 60), False: (215, 40, 40)}  # frame colors of tiles the judge found right / wrong
+MARK_WIDTH = 4
+
+
 @dataclass
 class Tile:
-    """One image (PIL or uint8 [H, W, 3]) with the text shown under it."""
+    """One image (PIL or uint8 [H, W, 3]) with the text shown under it; `right` (if known) frames it green or red."""
 
     image: Image.Image | np.ndarray
     text: str
+    right: bool | None = None
 
 
 def _as_pil(image) -> Image.Image:
@@ -49,6 +54,8 @@ def grid(rows: dict[str, list[Tile]]) -> Image.Image:
         for c, tile in enumerate(tiles):
             x = LABEL_WIDTH + c * cell_w
             canvas.paste(_as_pil(tile.image), (x, y))
+            if tile.right is not None:
+                draw.rectangle((x, y, x + TILE - 1, y + TILE - 1), outline=MARK[tile.right], width=MARK_WIDTH)
             for i, line in enumerate(_lines(tile.text)):
                 draw.text((x, y + TILE + 2 + i * LINE_HEIGHT), line, fill="black", font=font)
     return canvas

@@ -32,11 +32,15 @@ from magvlt.precision import autocast, use_bf16
 from magvlt.train import dist, rundir
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of update `step` (0-based): linear warmup, then cosine decay to min_lr_ratio * lr."""
+def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
+    """Learning rate of update `step` (0-based) after `elapsed` seconds: linear warmup over steps, then cosine decay
+    to min_lr_ratio * lr over the steps, or over max_minutes of wall time when cfg.schedule is "time"."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    if cfg.schedule == "time":
+        progress = min(1.0, elapsed / (60 * cfg.max_minutes))
+    else:
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -80,6 +84,8 @@ class TrainingObjective(nn.Module):
 def _check_config(cfg: TrainConfig, world_size: int) -> None:
     if cfg.steps < 1 or cfg.grad_accum < 1 or cfg.warmup_steps < 0 or cfg.log_every < 1 or cfg.ckpt_every < 1:
         raise UserError("steps, grad_accum, log_every and ckpt_every must be >= 1 and warmup_steps >= 0")
+    if cfg.schedule not in ("steps", "time") or (cfg.schedule == "time" and cfg.max_minutes <= 0):
+        raise UserError(f"schedule must be 'steps' or 'time' (with max_minutes > 0), got {cfg.schedule!r}")
     if cfg.batch_size % (world_size * cfg.grad_accum):
         raise UserError(
             f"batch_size {cfg.batch_size} must be divisible by ranks x grad_accum = {world_size} x {cfg.grad_accum}"
@@ -102,7 +108,7 @@ class _Means:
     """Running means of metrics whose keys may come and go (accumulation steps, steps since the last log)."""
 
     def __init__(self):
-        self.sums, self.counts, self.n, self.start = {}, {}, 0, time.monotonic()
+        self.sums, self.counts, self.n, self.start, self.cpu = {}, {}, 0, time.monotonic(), time.process_time()
 
     def add(self, metrics: dict[str, float]) -> None:
         self.n += 1
@@ -121,8 +127,9 @@ def train(
 
     The model's token fields are taken from the data's meta.json. Under torchrun, runs DDP (or FSDP2 when
     cfg.fsdp) with one part of every global batch per rank; only rank 0 writes files. Stops with a
-    checkpoint at cfg.steps or when cfg.max_minutes of wall time are spent; a non-finite loss stops the run
-    with a UserError naming the step, leaving the last good checkpoint in place.
+    checkpoint at cfg.steps or when cfg.max_minutes of wall time are spent (the learning-rate schedule runs over
+    that time when cfg.schedule is "time"); a non-finite loss stops the run with a UserError naming the step,
+    leaving the last good checkpoint in place.
     """
     t0 = time.monotonic()
     info = dist.init_distributed()
@@ -242,21 +249,19 @@ def _train(
         dist.barrier(info)
 
     tokens_per_step = cfg.batch_size * (cfg.model.image_tokens + cfg.model.text_len + 2)
-    window, last_saved = _Means(), step
+    window, last_saved, elapsed = _Means(), step, elapsed_before
     wrapped.train()
-    bar = tqdm(
-        total=cfg.steps, initial=step, unit="step", desc="train", disable=None if progress and info.is_main else True
-    )
+    bar = _progress_bar(cfg, step, elapsed, progress and info.is_main)
     try:
         while step < cfg.steps:
-            lr = lr_at(step, cfg)
+            lr = lr_at(step, cfg, elapsed)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             metrics = _accumulate(wrapped, objective, next(stream), step, stream.micro_ids, cfg, info, bf16)
             norm = nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
             norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-            time_up = cfg.max_minutes > 0 and time.monotonic() - t0 > 60 * cfg.max_minutes
-            loss, time_up = all_reduce_loss(metrics.pop("loss"), time_up, info)
+            loss, elapsed = all_reduce_mean([metrics.pop("loss"), elapsed_before + time.monotonic() - t0], info)
+            time_up = cfg.max_minutes > 0 and elapsed > 60 * cfg.max_minutes
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 kept = (
                     f"the last good checkpoint (step {last_saved}) is kept in {out}"
@@ -270,7 +275,7 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             window.add({"loss": loss, **metrics, "grad_norm": norm})
-            bar.update(1)
+            bar.update(1 if cfg.schedule == "steps" else int(elapsed) - bar.n)
             if step % cfg.log_every == 0 or step == cfg.steps or time_up:
                 seconds = time.monotonic() - window.start
                 record = {
@@ -279,11 +284,13 @@ def _train(
                     "lr": lr,
                     "precision": "bf16" if bf16 else "fp32",
                     "tokens_per_s": tokens_per_step * window.n / seconds,
-                    "elapsed": elapsed_before + time.monotonic() - t0,
+                    # CPU time this process got, per thread and second: well under 1 when other work shares the cores
+                    "cpu_share": (time.process_time() - window.cpu) / (seconds * torch.get_num_threads()),
+                    "elapsed": elapsed,
                 }
                 if info.is_main:
                     rundir.append_metrics(out, record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                bar.set_postfix(step=step, loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 window = _Means()
             if step % cfg.ckpt_every == 0 or step == cfg.steps or time_up:
                 checkpoint()
@@ -327,10 +334,19 @@ def _accumulate(
     return means.means()
 
 
-def all_reduce_loss(loss: float, time_up: bool, info: dist.DistInfo) -> tuple[float, bool]:
-    """The mean loss over ranks, and whether any rank has spent its time budget (one collective per step)."""
-    totals = dist.all_reduce_sum(torch.tensor([loss, float(time_up)], dtype=torch.float64), info)
-    return float(totals[0]) / info.world_size, bool(totals[1] > 0)
+def all_reduce_mean(values: list[float], info: dist.DistInfo) -> list[float]:
+    """Means over ranks (one collective per step): every rank then agrees on the loss, the elapsed time that drives
+    a "time" schedule and whether the time budget is spent."""
+    totals = dist.all_reduce_sum(torch.tensor(values, dtype=torch.float64), info)
+    return [float(t) / info.world_size for t in totals]
+
+
+def _progress_bar(cfg: TrainConfig, step: int, elapsed: float, show: bool) -> tqdm:
+    """Counts updates, or seconds of the time budget when the schedule runs over time."""
+    disable = None if show else True
+    if cfg.schedule == "time":
+        return tqdm(total=int(60 * cfg.max_minutes), initial=int(elapsed), unit="s", desc="train", disable=disable)
+    return tqdm(total=cfg.steps, initial=step, unit="step", desc="train", disable=disable)
 
 
 @torch.no_grad()
