@@ -146,14 +146,19 @@ class CaptionMetrics:
         self.close()
 
 
+def references_by_image(annotations: list[dict]) -> dict[int, list[str]]:
+    """image_id -> captions of COCO-format annotations [{image_id, caption}], in file order."""
+    refs: dict[int, list[str]] = {}
+    for a in annotations:
+        refs.setdefault(int(a["image_id"]), []).append(str(a["caption"]))
+    return refs
+
+
 def coco_references(path: Path) -> dict[int, list[str]]:
     """image_id -> reference captions, from a COCO-format caption file {"annotations": [{image_id, caption}]}."""
     path = Path(path)
     try:
-        annotations = json.loads(path.read_text())["annotations"]
-        refs: dict[int, list[str]] = {}
-        for a in annotations:
-            refs.setdefault(int(a["image_id"]), []).append(str(a["caption"]))
+        refs = references_by_image(json.loads(path.read_text())["annotations"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(
             f"{path} is not a COCO-format caption file ({{'annotations': [{{image_id, caption}}]}}): {e}"

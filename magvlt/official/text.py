@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -91,10 +92,17 @@ class OfficialTokenizer:
         return cls(data.get("length", CONTEXT))
 
 
+def pre_caption(caption: str) -> str:
+    """The official cleaning of dataset captions (prompts and references of its COCO / NoCaps evaluation):
+    lowercase, leading marks stripped, `-` and `/` as spaces, `<person>` as person, whitespace runs collapsed."""
+    caption = caption.lower().lstrip(LSTRIP).replace("-", " ").replace("/", " ")
+    caption = caption.replace("<person>", "person").replace("< person >", "person")
+    return re.sub(r"\s{2,}", " ", caption).rstrip("\n")
+
+
 def post_caption(caption: str) -> str:
     """The official cleaning: lowercase, marks stripped, cut at the first period, repeated words dropped, " ." added."""
-    caption = caption.lower().lstrip(LSTRIP).replace("-", " ").replace("/", " ")
-    caption = caption.replace("<person>", "person").replace("< person >", "person").replace("<", "").replace(">", "")
+    caption = pre_caption(caption).replace("<", "").replace(">", "")
     words = caption.split(".", 1)[0].split()
     kept = [w for i, w in enumerate(words) if i == 0 or w != words[i - 1]]
     return " ".join(kept) + " ."
