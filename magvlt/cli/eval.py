@@ -18,10 +18,17 @@ def register(subparsers) -> None:
     p.add_argument(
         "--data",
         required=True,
-        help="shapes:SPLIT[:N] (e.g. shapes:val:500), or a folder / tar shards of image-caption pairs",
+        help="shapes:SPLIT[:N] (e.g. shapes:val:500); coco:IMAGES_DIR:CAPTIONS_JSON[:N] (COCO 2014: "
+        "captions_val2014.json, or Karpathy's dataset_coco.json for its test split); "
+        "nocaps:IMAGES_DIR:NOCAPS_JSON[:N] (NoCaps val, metrics per domain too); or a folder / tar shards of "
+        "image-caption pairs",
     )
     p.add_argument("--tasks", default="t2i,i2t,inpaint,infill", help="comma-separated: t2i,i2t,inpaint,infill")
-    p.add_argument("--n", type=int, default=500, help="number of pairs to evaluate (default 500)")
+    p.add_argument(
+        "--n",
+        type=int,
+        help="number of pairs to evaluate (default 500; coco: and nocaps: all the selected images, at most 30,000)",
+    )
     p.add_argument("--preset", help="decoding preset: default, paper, official, demo (default: the run's own)")
     p.add_argument(
         "--candidates", type=int, help="rerank: sample K candidates per input and keep the best (default: the preset's)"
@@ -53,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from magvlt.errors import UserError
+    from magvlt.eval.benchmarks import is_benchmark, load_benchmark
     from magvlt.eval.metrics import FID
     from magvlt.eval.run import TASKS, evaluate, markdown, write_report
     from magvlt.pipeline import MAGVLTPipeline
@@ -60,16 +68,17 @@ def run(args: argparse.Namespace) -> int:
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     if not tasks or any(t not in TASKS for t in tasks):
         raise UserError(f"--tasks {args.tasks!r}: choose from {', '.join(TASKS)}")
-    if args.n < 2 or (args.candidates or 1) < 1 or args.batch_size < 1:
+    if (args.n is not None and args.n < 2) or (args.candidates or 1) < 1 or args.batch_size < 1:
         raise UserError("--n must be >= 2, --candidates and --batch-size >= 1")
     if args.scorer is not None and not args.scorer.is_dir():
         raise UserError(f"--scorer {args.scorer} is not a directory")
+    data = load_benchmark(args.data, args.n) if is_benchmark(args.data) else args.data  # checked before the model loads
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipeline = MAGVLTPipeline.from_pretrained(args.model, scorer=args.scorer).to(device)
     fid = None if args.no_fid or not {"t2i", "inpaint"} & set(tasks) else FID.inception(args.inception, pipeline.device)
     results = evaluate(
         pipeline,
-        args.data,
+        data,
         tasks,
         n=args.n,
         num_candidates=args.candidates,

@@ -23,6 +23,7 @@ from magvlt.checkpoint import atomic_write_text
 from magvlt.data.pairs import iter_pairs
 from magvlt.data.shapes import iter_split, phrasings
 from magvlt.errors import UserError
+from magvlt.eval.benchmarks import NOCAPS_DOMAINS, Benchmark, is_benchmark, load_benchmark, read_images
 from magvlt.eval.judge import judge_captions, judge_images, parse_caption
 from magvlt.eval.metrics import (
     FID,
@@ -38,20 +39,24 @@ from magvlt.schedulers import Preset, get_preset
 
 TASKS = ("t2i", "i2t", "inpaint", "infill")
 TEXT_TASKS = ("i2t", "infill")
+DEFAULT_N = 500  # pairs of a shapes split or a pairs folder evaluated unless told otherwise
 
 
 @dataclass
 class EvalData:
-    """Held-out pairs: images, one caption each, every reference caption, and whether the shapes judge applies."""
+    """Held-out pairs: images, one caption each, every reference caption, whether the shapes judge applies, and
+    each image's NoCaps domain (caption metrics are also reported per domain)."""
 
     name: str
     images: np.ndarray  # uint8 [n, h, w, 3]
     captions: list[str]
     references: list[list[str]]
     shapes: bool
+    domains: list[str] | None = None
 
-    def head(self, n: int) -> EvalData:
-        return EvalData(self.name, self.images[:n], self.captions[:n], self.references[:n], self.shapes)
+    def head(self, n: int | None) -> EvalData:
+        domains = None if self.domains is None else self.domains[:n]
+        return EvalData(self.name, self.images[:n], self.captions[:n], self.references[:n], self.shapes, domains)
 
 
 def shapes_data(spec: str, n: int, size: int) -> EvalData:
@@ -96,8 +101,26 @@ def pairs_data(path: str | Path, n: int, image_size: tuple[int, int], references
     return EvalData(f"{path}:{len(pairs)}", images, captions, refs, shapes)
 
 
-def load_data(spec: str | Path, n: int, image_size: tuple[int, int], references: Path | None = None) -> EvalData:
-    """`shapes:SPLIT[:N]`, or a folder / tar shards of image-caption pairs (see pairs_data)."""
+def benchmark_data(bench: Benchmark, image_size: tuple[int, int]) -> EvalData:
+    """A `coco:` / `nocaps:` selection (Sec. 4.2-4.3, magvlt.eval.benchmarks): its images fitted to the model's size,
+    all their captions as references, the first as the prompt."""
+    references = [list(e.references) for e in bench.entries]
+    domains = [e.domain for e in bench.entries] if bench.kind == "nocaps" else None
+    images = read_images(bench.files, image_size)
+    return EvalData(bench.name, images, [r[0] for r in references], references, shapes=False, domains=domains)
+
+
+def load_data(
+    spec: str | Path | Benchmark, n: int | None, image_size: tuple[int, int], references: Path | None = None
+) -> EvalData:
+    """`shapes:SPLIT[:N]`, `coco:IMAGES_DIR:CAPTIONS_JSON[:N]` / `nocaps:IMAGES_DIR:NOCAPS_JSON[:N]` (or their
+    Benchmark, see benchmark_data), or a folder / tar shards of image-caption pairs (see pairs_data); n None:
+    DEFAULT_N pairs, or a benchmark's default selection."""
+    if isinstance(spec, Benchmark) or is_benchmark(spec):
+        if references is not None:
+            raise UserError("--references is for pairs on disk; a coco: or nocaps: spec's references are its captions")
+        return benchmark_data(spec if isinstance(spec, Benchmark) else load_benchmark(str(spec), n), image_size)
+    n = DEFAULT_N if n is None else n
     if str(spec).startswith("shapes:"):
         if image_size[0] != image_size[1]:
             raise UserError(f"shapes-world images are square; this model makes {image_size[0]}x{image_size[1]}")
@@ -156,8 +179,21 @@ class _Run:
             out["judge"] = judge_images(images, d.captions)
         return out
 
+    def _caption_scores(self, captions: list[str], keep: list[int] | None = None) -> dict:
+        """Caption metrics and repeats of the captions (of the images at `keep` only, if given)."""
+        refs = self.data.references
+        if keep is not None:
+            captions, refs = [captions[i] for i in keep], [refs[i] for i in keep]
+        return {**self.captions(captions, refs), "repeats": repeat_rate(captions)}
+
     def _text_metrics(self, captions: list[str]) -> dict:
-        out = {**self.captions(captions, self.data.references), "repeats": repeat_rate(captions)}
+        out = self._caption_scores(captions)
+        if self.data.domains is not None:
+            out["domains"] = {}
+            for domain in NOCAPS_DOMAINS:  # per domain, as NoCaps reports (each on its own images only)
+                keep = [i for i, d in enumerate(self.data.domains) if d == domain]
+                if keep:
+                    out["domains"][domain] = {"n": len(keep), **self._caption_scores(captions, keep)}
         if self.data.shapes:
             out["judge"] = judge_captions(captions, self.data.captions)
         return out
@@ -186,10 +222,10 @@ class _Run:
 
 def evaluate(
     pipeline,
-    data: str | Path | EvalData,
+    data: str | Path | Benchmark | EvalData,
     tasks: Sequence[str] = TASKS,
     *,
-    n: int = 500,
+    n: int | None = None,
     num_candidates: int | None = None,
     scorer=None,
     seed: int = 0,
@@ -199,12 +235,14 @@ def evaluate(
     fid: FID | str | None = "inception",
     references: Path | None = None,
 ) -> dict:
-    """Run the tasks on the first n pairs of `data` and measure them (Sec. 4.2-4.3).
+    """Run the tasks on the first n pairs of `data` (default: DEFAULT_N, or a benchmark's selection) and measure
+    them (Sec. 4.2-4.3).
 
     t2i: images from captions -> FID vs the real images, CLIP score, judge. i2t: captions of the images ->
     BLEU-4, METEOR, ROUGE-L, CIDEr (SPICE where available), judge. inpaint: the central half of the token grid
     regenerated given the rest and the caption -> FID, CLIP score, judge. infill: the central half of the
-    caption's tokens regenerated given the rest and the image -> caption metrics, judge.
+    caption's tokens regenerated given the rest and the image -> caption metrics, judge. On NoCaps the caption
+    metrics are also given per domain (`domains`: in-domain, near-domain, out-domain, each on its own images).
     Outputs are decoded with `preset` (default: the pipeline's own) and the best of num_candidates (default: the
     preset's) kept by the pipeline's scorer (Sec. 4.2-4.3). `scorer` (default: the pipeline's) gives the CLIP score.
     fid: "inception" (FID.inception on the pipeline's device), an FID object (pass one to reuse its memoized
@@ -215,7 +253,7 @@ def evaluate(
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise UserError(f"unknown task(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(TASKS)}")
-    if n < 2 or (num_candidates or 1) < 1 or batch_size < 1:
+    if (n is not None and n < 2) or (num_candidates or 1) < 1 or batch_size < 1:
         raise UserError(f"need n >= 2, candidates >= 1 and batch size >= 1, got {n}, {num_candidates}, {batch_size}")
     if not isinstance(data, EvalData):
         data = load_data(data, n, tuple(pipeline.image_size), references)
@@ -287,13 +325,21 @@ def _cell(value) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
+def _rows(results: dict, tasks: Sequence[str]):
+    """(label, metrics) of each task, then of each of its NoCaps domains."""
+    for t in tasks:
+        yield t, results[t]
+        for domain, metrics in results[t].get("domains", {}).items():
+            yield f"{t} {domain}", metrics
+
+
 def _table(results: dict, tasks: Sequence[str], columns, judge_columns) -> list[str]:
     header = [label for _, label in judge_columns] + [label for _, label in columns]
     lines = ["| task | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
-    for t in tasks:
-        judge = results[t].get("judge", {})
-        cells = [_cell(judge.get(key)) for key, _ in judge_columns] + [_cell(results[t].get(key)) for key, _ in columns]
-        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    for label, metrics in _rows(results, tasks):
+        judge = metrics.get("judge", {})
+        cells = [_cell(judge.get(key)) for key, _ in judge_columns] + [_cell(metrics.get(key)) for key, _ in columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -320,6 +366,10 @@ def markdown(results: dict) -> str:
             "Judge columns: shapes-world judge accuracy in %, exact scene and per attribute; "
             "invalid: % of captions outside the grammar."
         )
+    domains = {d: m["n"] for t in text_tasks for d, m in results[t].get("domains", {}).items()}
+    if domains:
+        counts = ", ".join(f"{d} {k}" for d, k in domains.items())
+        notes.append(f"NoCaps domain rows: the metrics on that domain's images only ({counts} images).")
     if results.get("fid_features"):
         notes.append(f"FID features: {results['fid_features']}.")
     if text_tasks:
