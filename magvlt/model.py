@@ -232,13 +232,14 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-def official_attention(task: Task, n: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
-    """Boolean [B, S, S] masks of the official layouts (docs/official.md section 5) for caption lengths n [B].
+def official_attention(task: Task, n: torch.Tensor, cfg: ModelConfig, n_t: int | None = None) -> torch.Tensor:
+    """Boolean [B, S, S] masks of the official layouts (docs/official.md section 5) for caption lengths n [B] and
+    n_t text positions (default cfg.text_len).
 
     T2I hides text rows and columns at or past n; I2T hides those columns from every row and all text from <BOT>;
     a row that may see nothing attends to itself (MultiHeadSelfAttention.forward).
     """
-    n_i, n_t = cfg.image_tokens, cfg.text_len
+    n_i, n_t = cfg.image_tokens, n_t or cfg.text_len
     size, pos = n_i + n_t + 4, torch.arange(n_i + n_t + 4, device=n.device)
     first = 2 if task == Task.T2I else n_i + 4  # the first text position
     hidden = (pos >= first + n[:, None]) & (pos < first + n_t)  # [B, S]
@@ -250,9 +251,10 @@ def official_attention(task: Task, n: torch.Tensor, cfg: ModelConfig) -> torch.T
     return attn | torch.diag_embed(~attn.any(dim=-1))
 
 
-def official_segments(task: Task, cfg: ModelConfig) -> Segments:
-    """[BOC BOT text BOG BOI image] for T2I and inpainting, [BOC BOI image BOG BOT text] otherwise (section 4)."""
-    n_i, n_t = cfg.image_tokens, cfg.text_len
+def official_segments(task: Task, cfg: ModelConfig, n_t: int | None = None) -> Segments:
+    """[BOC BOT text BOG BOI image] for T2I and inpainting, [BOC BOI image BOG BOT text] otherwise (section 4), with
+    n_t text positions (default cfg.text_len)."""
+    n_i, n_t = cfg.image_tokens, n_t or cfg.text_len
     if task == Task.T2I:
         return Segments(image=slice(n_t + 4, n_t + 4 + n_i), text=slice(2, 2 + n_t), bot=1)
     return Segments(image=slice(2, 2 + n_i), text=slice(n_i + 4, n_i + 4 + n_t), bot=n_i + 3)
@@ -327,9 +329,10 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """Block outputs [B, S, D] of the official layout of `task` (T2I or I2T) from image codes [B, N_I], raw text
         ids [B, L] (EOS-padded), masked positions, caption lengths [B] and MixSel's BOG_* rows [B] in the <BOG>
-        slot (docs/official.md sections 4-5; None: <BOG>, as at sampling)."""
+        slot (docs/official.md sections 4-5; None: <BOG>, as at sampling). L may be less than cfg.text_len when
+        no caption is longer: the positions past every caption are hidden anyway, so the outputs are the same."""
         x = self.drop(self._official_embed(task, image, image_masked, text, text_masked, bog))
-        attn = official_attention(task, length, self.cfg)
+        attn = official_attention(task, length, self.cfg, text.shape[1])
         for block in self.blocks:
             x = block(x, attn_mask=attn)
         return x
@@ -351,13 +354,13 @@ class Transformer(nn.Module):
         return torch.cat([slots[:, :2], first, slots[:, 2:], second], dim=1)
 
     def official_length_logits(self, image: torch.Tensor, image_masked: torch.Tensor) -> torch.Tensor:
-        """sample_i2t's length query: EOS text, its first 16 positions masked and visible, I2T layout, <BOT> state."""
-        b, n_t = image.shape[0], self.cfg.text_len
-        n = torch.full((b,), min(LENGTH_QUERY, n_t), device=image.device)
+        """sample_i2t's length query: EOS text, its first 16 positions masked and visible, I2T layout, <BOT> state
+        (the positions past the 16 are hidden, so they are left out)."""
+        b, n_t = image.shape[0], min(LENGTH_QUERY, self.cfg.text_len)
         text = torch.full((b, n_t), self.eos, device=image.device)
-        masked = torch.arange(n_t, device=image.device) < n[:, None]
-        h = self.official(Task.I2T, image, image_masked, text, masked, n)
-        return self.length_logits(h[:, official_segments(Task.I2T, self.cfg).bot]).float()
+        masked = torch.ones(b, n_t, dtype=torch.bool, device=image.device)
+        h = self.official(Task.I2T, image, image_masked, text, masked, torch.full((b,), n_t, device=image.device))
+        return self.length_logits(h[:, official_segments(Task.I2T, self.cfg, n_t).bot]).float()
 
     @staticmethod
     def _modality(rows, pos, masked, mask_row, pos_spc) -> torch.Tensor:

@@ -10,11 +10,12 @@ from magvlt.errors import UserError
 from magvlt.masking import cosine_schedule as gamma_image
 from magvlt.masking import linear_schedule as gamma_text
 from magvlt.masking import lowest_scores, sample_tokens, text_input, uniform
-from magvlt.model import Transformer, Vocab, argvlt_sequence, magvlt_sequence
+from magvlt.model import Task, Transformer, Vocab, argvlt_sequence, magvlt_sequence, official_segments
 from magvlt.objectives import (
     TASKS,
     argvlt_loss,
     condition_dropout,
+    crop_text,
     join_captions,
     join_halves,
     length_loss,
@@ -492,3 +493,19 @@ def test_official_architecture_trains_every_term_in_its_layouts():
     assert ((text == CFG.text_vocab - 1).sum(dim=1) >= 1).all()  # <SEP> and the padding read as <|endoftext|>
     with pytest.raises(UserError, match="bidirectional"):
         Transformer(dataclasses.replace(CFG, official=True, causal=True))
+
+
+@pytest.mark.parametrize("task", [Task.T2I, Task.I2T])
+def test_text_past_the_longest_caption_changes_no_output_of_the_released_architecture(task):
+    torch.manual_seed(0)
+    m = Transformer(dataclasses.replace(CFG, official=True)).eval()
+    batch = make_batch(halves=False)
+    batch["length"] = batch["length"].clamp(max=7)
+    ex = mask_task(task, VOCAB, batch["image"], batch["text"], batch["length"], gen())
+    cropped = crop_text(ex)
+    assert cropped.text.shape[1] == 7 and cropped.text_mask.sum() == ex.text_mask.sum()
+    full, short = (m.official(task, *official_inputs(m, e.image, e.text)) for e in (ex, cropped))
+    segs, segs_short = official_segments(task, m.cfg), official_segments(task, m.cfg, 7)
+    torch.testing.assert_close(short[:, segs_short.image], full[:, segs.image], atol=1e-5, rtol=0)
+    torch.testing.assert_close(short[:, segs_short.text], full[:, segs.text][:, :7], atol=1e-5, rtol=0)
+    torch.testing.assert_close(short[:, segs_short.bot], full[:, segs.bot], atol=1e-5, rtol=0)
