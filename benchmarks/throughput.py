@@ -1,14 +1,17 @@
-"""Training throughput of the tiny preset: tokens/s of a full step and its fraction of the bf16 matmul peak.
+"""Training throughput of the demo's step: tokens/s and its share of this machine's matmul peak.
 
 A step is what `magvlt.train.loop` runs: the MAGVLT objective (forward, backward), gradient clipping and
-AdamW, on random tokens of the preset's shapes. Tokens per step = batch x (N_I + L + 2) input tokens; the
+AdamW, on random tokens of the demo's shapes (width 128, batch 32, 8x8 image codes, captions of 6-14 of 32
+text positions as the shapes world's are). Tokens per step = batch x (N_I + L + 2) input tokens; the
 objective's extra forwards (length query, UnrollMask, MixSel) are not counted as tokens but are counted
-as FLOPs (torch.utils.flop_counter on one step per task). The peak is the median rate of a large bf16
-matmul measured in the same run. Each cell is the median over timed steps after warm-up; the task of each
-step is drawn from the configured weights (8:1:1), so the median is a T2I step.
+as FLOPs (torch.utils.flop_counter on one step per task). The peak is the median rate of a large matmul in
+each precision, measured in the same run; the share is taken against the peak of the precision the step
+runs in (the one `precision="auto"` picks on this hardware is marked). Each cell is the median over timed
+steps after warm-up; the task of each step is drawn from the configured weights (8:1:1), so the median is a
+T2I step.
 
-    python benchmarks/throughput.py              # tiny preset as the demo trains it: 256-token caption BPE, L = 32
-    python benchmarks/throughput.py --steps 3 text_vocab=49408 text_len=64   # with CLIP's text vocabulary
+    python benchmarks/throughput.py              # the demo's model and batch
+    python benchmarks/throughput.py --batch 64 --steps 3 n_embd=256 text_vocab=49408 text_len=64   # CLIP's vocabulary
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from magvlt.config import TRAIN_PRESETS, ObjectiveConfig, apply_overrides, preset
 from magvlt.model import Transformer
 from magvlt.objectives import TASKS
+from magvlt.precision import use_bf16
 from magvlt.train.loop import TrainingObjective, param_groups
 
 
@@ -39,8 +43,8 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / statistics.median(times)
 
 
-def random_batch(model_cfg, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Random codes and captions of the model's shapes (lengths spread over 4..L)."""
+def random_batch(model_cfg, batch: int, generator: torch.Generator, lengths=(6, 14)) -> dict[str, torch.Tensor]:
+    """Random codes and captions of the model's shapes (lengths spread over `lengths`, at most L)."""
     h, w = model_cfg.image_grid
 
     def codes(n: int) -> torch.Tensor:
@@ -51,7 +55,9 @@ def random_batch(model_cfg, batch: int, generator: torch.Generator) -> dict[str,
         "image_half_w": codes(h * (w // 2)),
         "image_half_h": codes((h // 2) * w),
         "text": torch.randint(0, model_cfg.text_vocab, (batch, model_cfg.text_len), generator=generator),
-        "length": torch.randint(4, model_cfg.text_len + 1, (batch,), generator=generator),
+        "length": torch.randint(
+            min(lengths[0], model_cfg.text_len), min(lengths[1], model_cfg.text_len) + 1, (batch,), generator=generator
+        ),
     }
 
 
@@ -101,14 +107,14 @@ def measure(step: Step, steps: int, warmup: int = 2) -> tuple[float, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--batch", type=int, default=64, help="micro-batch size (tiny preset: 64)")
+    parser.add_argument("--batch", type=int, default=32, help="micro-batch size (the demo's: 32)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per cell")
     parser.add_argument(
         "overrides",
         nargs="*",
         metavar="key=value",
-        default=["text_vocab=256", "text_len=32"],
-        help="model config overrides (default: text_vocab=256 text_len=32, the demo's shapes world)",
+        default=["n_embd=128", "text_vocab=256", "text_len=32"],
+        help="model config overrides (default: n_embd=128 text_vocab=256 text_len=32, the demo's model)",
     )
     args = parser.parse_args()
     cfg = preset(TRAIN_PRESETS, args.preset)
@@ -118,6 +124,7 @@ def main() -> None:
         "mask prediction only": dataclasses.replace(cfg.objective, unroll_mask=False, mix="off", length_weight=0.0),
     }
     peak = {dtype: matmul_peak(dtype) for dtype in (torch.bfloat16, torch.float32)}
+    auto = use_bf16("auto", "cpu")
     tokens = args.batch * (model_cfg.image_tokens + model_cfg.text_len + 2)
     print(
         f"{args.preset}: {model_cfg.n_layer} layers x {model_cfg.n_embd}, image {model_cfg.image_grid} of "
@@ -125,18 +132,21 @@ def main() -> None:
         f"= {tokens} tokens/step; {torch.get_num_threads()} threads"
     )
     print(
-        f"matmul peak (2048^3): bf16 {peak[torch.bfloat16] / 1e9:.0f} GFLOP/s, fp32 {peak[torch.float32] / 1e9:.0f} GFLOP/s\n"
+        f"matmul peak (2048^3): bf16 {peak[torch.bfloat16] / 1e9:.0f} GFLOP/s, fp32 {peak[torch.float32] / 1e9:.0f} "
+        f'GFLOP/s; precision="auto" trains in {"bf16" if auto else "fp32"} here\n'
     )
-    print("| objective | autocast | step (ms) | tokens/s | GFLOP/step | GFLOP/s | of bf16 peak |")
+    print("| objective | precision | step (ms) | tokens/s | GFLOP/step | GFLOP/s | of that precision's peak |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, objective_cfg in objectives.items():
-        for bf16 in (True, False):
+        for bf16 in (auto, not auto):
             step = Step(model_cfg, objective_cfg, args.batch, bf16)
             seconds, task = measure(step, args.steps)
             flops = step_flops(step)[task]
+            label = ("bf16 autocast" if bf16 else "fp32") + (" (auto)" if bf16 == auto else "")
+            rate = flops / seconds
             print(
-                f"| {name} | {'bf16' if bf16 else 'off (fp32)'} | {1e3 * seconds:.0f} | {tokens / seconds:,.0f} | "
-                f"{flops / 1e9:.1f} | {flops / seconds / 1e9:.0f} | {flops / seconds / peak[torch.bfloat16]:.1%} |"
+                f"| {name} | {label} | {1e3 * seconds:.0f} | {tokens / seconds:,.0f} | {flops / 1e9:.1f} | "
+                f"{rate / 1e9:.0f} | {rate / peak[torch.bfloat16 if bf16 else torch.float32]:.1%} |"
             )
 
 

@@ -116,16 +116,18 @@ def _official_forward(
     model: Transformer, image: TokenState, text: TokenState, length: torch.Tensor, task: Task, null: str | None
 ):
     """The released model's layout of `task` (T2I when only the image is generated, else I2T, as IT2IT), text
-    EOS-padded past each length; the null condition of guidance is the empty caption (length 0) or the fully
-    masked image."""
-    tokens = torch.where(text_valid(length, text.tokens.shape[1]), text.tokens, model.eos)
-    groups = {"main": (image.tokens, image.masked, tokens, text.masked, length)}
+    EOS-padded past each length and cut after the longest (the model hides those positions); the null condition
+    of guidance is the empty caption (length 0) or the fully masked image."""
+    width = max(1, int(length.max()))
+    tokens = torch.where(text_valid(length, width), text.tokens[:, :width], model.eos)
+    masked = text.masked[:, :width]
+    groups = {"main": (image.tokens, image.masked, tokens, masked, length)}
     if null == "text":
-        groups["uncond"] = (image.tokens, image.masked, tokens, text.masked, torch.zeros_like(length))
+        groups["uncond"] = (image.tokens, image.masked, tokens, masked, torch.zeros_like(length))
     elif null == "image":
-        groups["uncond"] = (image.tokens, torch.ones_like(image.masked), tokens, text.masked, length)
+        groups["uncond"] = (image.tokens, torch.ones_like(image.masked), tokens, masked, length)
     h = model.official(task, *(torch.cat(parts) for parts in zip(*groups.values())))
-    return dict(zip(groups, h.view(len(groups), -1, *h.shape[1:]))), official_segments(task, model.cfg)
+    return dict(zip(groups, h.view(len(groups), -1, *h.shape[1:]))), official_segments(task, model.cfg, width)
 
 
 def _logits(head, states: dict[str, torch.Tensor], seg: slice, masked: torch.Tensor, scale: float) -> torch.Tensor:
@@ -205,7 +207,8 @@ def decode(
             logits = _logits(model.image_logits, states, segs.image, image.masked, guidance_scale)
             image = image_scheduler.step(logits, t, image, generator)
         if text_scheduler is not None:
-            logits = _logits(model.text_logits, states, segs.text, text.masked, guidance_scale)
+            masked = text.masked[:, : segs.text.stop - segs.text.start]  # none past the longest caption
+            logits = _logits(model.text_logits, states, segs.text, masked, guidance_scale)
             text = text_scheduler.step(logits, t, text, generator)
             if repredict_length and t < steps - 1:
                 length = _length_logits(model, states, segs, image).argmax(dim=-1) + 1
