@@ -250,3 +250,13 @@ def test_adversarial_option_runs():
     cfg = VQConfig(ch=32, z_channels=32, embed_dim=32, n_embed=64, disc_weight=0.1, disc_start=1, squeeze_fraction=0.0)
     _, stats = train_vq(rgb(8), cfg, minutes=0, steps=2, batch_size=4, progress=False, val_images=rgb(2))
     assert stats["steps"] == 2 and np.isfinite(stats["loss"])
+
+
+def test_a_time_budget_stretches_to_the_minimum_steps():
+    from magvlt.train.vq import _progress, train_vq
+
+    cfg = VQConfig(ch=32, z_channels=32, embed_dim=32, n_embed=64, kmeans_iters=0, squeeze_fraction=0.0)
+    _, stats = train_vq(rgb(8), cfg, minutes=1e-6, min_steps=3, batch_size=4, progress=False, val_images=rgb(2))
+    assert stats["steps"] == 3  # the budget ran out at once; the floor held
+    assert _progress(30.0, 60.0, step=400, steps=0, min_steps=600) == 0.5  # a quiet machine: time leads
+    assert _progress(60.0, 60.0, step=300, steps=0, min_steps=600) == 0.5  # a loaded one: steps hold it back

@@ -175,12 +175,15 @@ def train_vq(
     out: Path | None = None,
     progress: bool = True,
     steps: int = 0,
+    min_steps: int = 0,
     val_images: np.ndarray | None = None,
     precision: str = "auto",
     device: str | torch.device | None = None,
     log_every: int = 0,
 ) -> tuple[VQGAN, dict]:
-    """Train a VQ-GAN on uint8 images [N, H, W, 3] for `minutes` (or `steps`, whichever ends first).
+    """Train a VQ-GAN on uint8 images [N, H, W, 3] for `minutes` (or `steps`, whichever ends first), but at least
+    `min_steps`: on a loaded machine the time budget then stretches (and the learning rate follows the steps)
+    rather than leaving codes too coarse to use.
 
     Returns the model (eval mode) and stats: steps, seconds, precision, final batch loss, and PSNR / codebook usage of
     decode(encode(x)) on `val_images` (default: up to 512 training images). Saves to `out` if given.
@@ -206,7 +209,7 @@ def train_vq(
 
     budget, start, step, restarts = minutes * 60, time.perf_counter(), 0, 0
     bar = tqdm(total=steps or None, unit="step", desc="vq", disable=None if progress else True)
-    while (done := max(_fraction(time.perf_counter() - start, budget), _fraction(step, steps))) < 1:
+    while (done := _progress(time.perf_counter() - start, budget, step, steps, min_steps)) < 1:
         for opt in optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr_at(done, lr)
@@ -265,6 +268,12 @@ def _check_inputs(images, cfg: VQConfig, batch_size: int, minutes: float, steps:
 
 def _fraction(used: float, total: float) -> float:
     return used / total if total > 0 else 0.0
+
+
+def _progress(seconds: float, budget: float, step: int, steps: int, min_steps: int) -> float:
+    """How far training is (it ends at 1): the further of time and steps, held back to step / min_steps."""
+    done = max(_fraction(seconds, budget), _fraction(step, steps))
+    return min(done, step / min_steps) if min_steps > 0 else done
 
 
 def _batch(data: torch.Tensor, batch_size: int, squeeze_fraction: float, gen: torch.Generator) -> torch.Tensor:
