@@ -94,7 +94,7 @@ def main() -> None:
         fits = [fitting(args.gpu_gb * 2**30 * 0.8 - state, act, per_rank) for act in (plain, kept)]
         train_flops = 3 * flops * args.objective_factor
         step = args.batch * train_flops / (args.gpus * args.gpu_tflops * 1e12 * args.mfu)
-        tokens = args.batch * (cfg.image_tokens + cfg.text_len + 2) / step
+        tokens = args.batch * (cfg.image_tokens + cfg.text_len + 4) / step
         print(
             f"| {name} ({'FSDP2' if fsdp else 'DDP'}) | {params / 1e6:.1f}M | {params * STATE_BYTES / 2**30:.1f} GB | "
             f"{params * STATE_BYTES / args.gpus / 2**30:.2f} GB | {plain / 2**20:.0f} MiB | {kept / 2**20:.0f} MiB | "
