@@ -407,7 +407,7 @@ def magvlt_loss(
     return total, terms
 
 
-def next_token_example(vocab: Vocab, batch: dict[str, torch.Tensor], task: Task) -> Example:
+def _next_token_example(vocab: Vocab, batch: dict[str, torch.Tensor], task: Task) -> Example:
     """ARGVLT's input (Sec. 4.1): both modalities fed whole, every image token and real text token a target."""
     image, text, length = batch["image"], batch["text"], batch["length"]
     return Example(
@@ -434,7 +434,7 @@ def argvlt_loss(
     mean cross-entropies are mixed. Condition dropout feeds the same null condition as MAGVLT, which has no targets.
     """
     vocab = model.vocab
-    ex = condition_dropout(next_token_example(vocab, batch, task), task, cfg.cond_dropout, model.cfg, generator)
+    ex = condition_dropout(_next_token_example(vocab, batch, task), task, cfg.cond_dropout, model.cfg, generator)
     ex = crop_text(replace(ex, image_mask=ex.image != vocab.MASK, text_mask=ex.text != vocab.PAD))
     h, segs = _hidden(model, ex)
     image_logits = model.image_logits(h[:, segs.image.start - 1 : segs.image.stop - 1][ex.image_mask])
