@@ -1,9 +1,10 @@
 """T2I decoding speed, MAGVLT against ARGVLT (paper Tables 1 and 9: 8.12x for the base model on GPUs).
 
 One run, same machine, same architecture and weight shapes (random weights: speed does not depend on them),
-256 image tokens (16x16): MAGVLT decodes in T = 10 parallel steps, each a forward over the whole sequence
-[<BOI> 256 image <BOT> 64 text] = 322 tokens; ARGVLT decodes the 256 image tokens one at a time after the
-66-token text prefix, with a KV cache (the fair baseline) and without one. Times are medians of full decodes.
+256 image tokens (16x16), 16-token prompts, both in the released T2I layout [BOC BOT text BOG BOI image] (the
+text cut after the prompt, which hides the rest anyway): MAGVLT decodes in T = 10 parallel steps, each a
+forward over the whole 276-token layout; ARGVLT decodes the 256 image tokens one at a time after the 20-token
+prefix, with a KV cache (the fair baseline) and without one. Times are medians of full decodes.
 
     python benchmarks/decode_speed.py            # tiny and mid (12 x 768), batch 1 and 32; a few minutes
     python benchmarks/decode_speed.py --quick    # tiny, batch 1, one decode each; seconds
@@ -14,19 +15,20 @@ batch 1 only ("—" elsewhere), and the mid-size batch-32 MAGVLT time is a 2-ste
 (every step is the same forward on the same shapes), marked "~". On a shared machine pass --threads 1: with
 more threads than free cores, thread synchronisation slows the many small ops of AR decoding by up to 50x.
 
-Why a CPU does not show the paper's 8.12x. Per sample, MAGVLT computes 10 x 322 token-forwards, ~10x the FLOPs
-of ARGVLT with a cache (66 + 256 token-forwards), but reads the weights only 10 times in sequence, where cached
+Why a CPU does not show the paper's 8.12x. Per sample, MAGVLT computes 10 x 276 token-forwards, ~10x the FLOPs
+of ARGVLT with a cache (20 + 256 token-forwards), but reads the weights only 10 times in sequence, where cached
 ARGVLT reads them 256 times, each step waiting for the last. So, roughly,
 
     speed-up = (256 x max(weight bytes / bandwidth, step latency)) / (10 x step FLOPs / FLOP rate).
 
-Measured on 2 CPU cores (mid model, batch 1): MAGVLT reaches ~0.14 TFLOP/s, so its 650 GFLOP take ~4.7 s;
+Measured on 2 CPU cores with magvlt's former architecture ([<BOI> image <BOT> text], 322 tokens, a 66-token AR
+prefix; not re-measured since), mid model, batch 1: MAGVLT reaches ~0.14 TFLOP/s, so its 650 GFLOP take ~4.7 s;
 cached ARGVLT streams its ~0.39 GB of fp32 weights 256 times at ~12 GB/s, ~8.5 s: 1.8x. At batch 32 the AR
 step's weight reads are shared by 32 rows and both methods are compute-bound, so time follows FLOPs and MAGVLT
 is slower (~0.25x). The tiny model at batch 1 is bound by per-op dispatch (~3 ms per AR token), not by memory.
 A GPU has ~1000x this FLOP rate but only ~300x the bandwidth, and a one-token step costs about a kernel-launch
 chain whatever its size, so the compute term shrinks against the sequential one and the ratio moves toward
-256 / 10; the paper measures 8.12x (base model). Against ARGVLT without a cache (a 66..321-token forward per
+256 / 10; the paper measures 8.12x (base model). Against ARGVLT without a cache (a 20..275-token forward per
 token) MAGVLT wins everywhere (16x here on the tiny model). The second table prints each decode's FLOPs,
 sequential forwards and the throughput it reached, so the figures can be checked against the roofline.
 """
@@ -61,7 +63,7 @@ def bench_configs() -> dict[str, ModelConfig]:
 def flops_and_passes(cfg: ModelConfig, method: str) -> tuple[float, int]:
     """Matmul FLOPs per sample (blocks, attention, image head) and the number of sequential forwards."""
     d, n_layer, n_i = cfg.n_embd, cfg.n_layer, cfg.image_tokens
-    seq, prefix = n_i + cfg.text_len + 2, cfg.text_len + 2
+    seq, prefix = n_i + PROMPT_LEN + 4, PROMPT_LEN + 4
     block = 2 * 12 * d * d * n_layer  # per token: qkv, proj and the 4x MLP
     head = 2 * d * cfg.image_vocab
 

@@ -5,9 +5,9 @@
 
 Per preset: parameters; model state per rank (fp32 weights + gradients + AdamW's two moments = 16 bytes a
 parameter; DDP keeps all of it on every rank, FSDP2 a 1/ranks share); activations autograd keeps per sample
-(322 tokens: 256 image + 64 text + 2 specials; bf16 as under autocast; with and without
+(the T2I layout's 324 tokens: 256 image + 64 text + 4 specials; bf16 as under autocast; with and without
 activation_checkpointing), measured by hooking autograd's saved tensors on a meta-device forward, with
-attention through the math kernel (flash attention on a GPU keeps less, so these are upper bounds); the
+attention scores kept whole as the released model computes them (flash attention keeps less); the
 largest micro-batch that fits beside the state with 20% of the GPU kept free; the grad_accum that reaches
 the global batch; FLOPs per sample counted by torch's FlopCounterMode (training = 3 x forward, times the
 cost of the full objective over plain mask prediction; checkpointing adds a forward, +1/3); and the step
@@ -24,7 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from magvlt.config import TRAIN_PRESETS
-from magvlt.model import Transformer
+from magvlt.model import Task, Transformer, official_segments
 from magvlt.train import dist
 
 STATE_BYTES = 16  # fp32 weight, gradient, Adam exp_avg and exp_avg_sq
@@ -45,12 +45,13 @@ def forward_counts(cfg, checkpointed: bool) -> tuple[int, float]:
             kept += t.numel() * t.element_size()
         return t
 
-    n = cfg.image_tokens + cfg.text_len + 2
-    tokens = torch.zeros(1, n, dtype=torch.long, device="meta")
+    image = torch.zeros(1, cfg.image_tokens, dtype=torch.long, device="meta")
+    text = torch.zeros(1, cfg.text_len, dtype=torch.long, device="meta")
+    masked = torch.zeros(1, cfg.image_tokens, dtype=torch.bool, device="meta")
+    length = torch.full((1,), cfg.text_len, device="meta")
     with FlopCounterMode(display=False) as flops, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        hidden = model(tokens, torch.arange(n, device="meta"))
-        head = model.image_head.weight if hasattr(model, "image_head") else model.tok_emb.weight
-        hidden[:, : cfg.image_tokens] @ head.t()  # the image logits, the largest head
+        hidden = model.official(Task.T2I, image, masked, text, torch.zeros_like(text, dtype=torch.bool), length)
+        model.image_logits(hidden[:, official_segments(Task.T2I, cfg).image])  # the largest head
     return kept, float(flops.get_total_flops())
 
 
@@ -93,7 +94,7 @@ def main() -> None:
         fits = [fitting(args.gpu_gb * 2**30 * 0.8 - state, act, per_rank) for act in (plain, kept)]
         train_flops = 3 * flops * args.objective_factor
         step = args.batch * train_flops / (args.gpus * args.gpu_tflops * 1e12 * args.mfu)
-        tokens = args.batch * (cfg.image_tokens + cfg.text_len + 2) / step
+        tokens = args.batch * (cfg.image_tokens + cfg.text_len + 4) / step
         print(
             f"| {name} ({'FSDP2' if fsdp else 'DDP'}) | {params / 1e6:.1f}M | {params * STATE_BYTES / 2**30:.1f} GB | "
             f"{params * STATE_BYTES / args.gpus / 2**30:.2f} GB | {plain / 2**20:.0f} MiB | {kept / 2**20:.0f} MiB | "

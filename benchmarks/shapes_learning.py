@@ -6,7 +6,7 @@ if missing), tokenizes the `val` split, trains the tiny preset (8:1:1 tasks, Unr
 masks drawn as in training. "majority" is always guessing the most common target token, the real chance
 level (most image tokens are background).
 
-    python benchmarks/shapes_learning.py --seconds 60 [--demo runs/demo] [--threads 2] [--arch magvlt]
+    python benchmarks/shapes_learning.py --seconds 60 [--demo runs/demo] [--threads 2]
 """
 
 from __future__ import annotations
@@ -36,12 +36,6 @@ def main() -> None:
     parser.add_argument("--demo", type=Path, default=Path("runs/demo"), help="the demo's output folder (its cache)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--n-eval", type=int, default=500)
-    parser.add_argument(
-        "--arch",
-        choices=("official", "magvlt"),
-        default="official",
-        help="the released architecture (the presets') or magvlt's former one (ModelConfig.official)",
-    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -52,7 +46,6 @@ def main() -> None:
         held = tokenize(*load_pairs(prep.data / "val"), prep.text, prep.vq, tmp / "val", progress=False)
 
         cfg = demo_train_config(demo)
-        cfg.model.official = args.arch == "official"
         start = time.perf_counter()
         run = train(cfg, prep.tokens, tmp / "run", progress=True)
         seconds = time.perf_counter() - start
@@ -64,7 +57,7 @@ def main() -> None:
         acc = evaluate_masked_accuracy(model, batches)
     print(
         json.dumps(
-            {"arch": args.arch, "steps": steps, "train_seconds": round(seconds, 1), "threads": args.threads, **acc},
+            {"steps": steps, "train_seconds": round(seconds, 1), "threads": args.threads, **acc},
             indent=2,
         )
     )

@@ -26,8 +26,9 @@ class ModelConfig:
     dropout: float = 0.1  # residual dropout
     attn_dropout: float = 0.1
     causal: bool = False  # True: ARGVLT
-    tie_embeddings: bool = True  # output heads share the input embedding table
-    official: bool = False  # the released code's architecture and layouts (docs/official.md sections 4-6)
+    # the released code's architecture and layouts (docs/official.md sections 4-6, 13), the only one magvlt builds;
+    # false marks a run of magvlt's former architecture, which no longer loads (magvlt.model.check_architecture)
+    official: bool = True
 
     @property
     def image_tokens(self) -> int:
@@ -115,18 +116,18 @@ class TrainConfig:
 
 
 MODEL_PRESETS: dict[str, ModelConfig] = {
-    # every MAGVLT preset is the released architecture (docs/official.md section 13); ARGVLT keeps magvlt's causal one
+    # every preset, MAGVLT and ARGVLT, is the released architecture (docs/official.md section 13)
     # minutes-long CPU runs underfit, and dropout costs ~20% of a CPU step, so the CPU preset skips it
-    "tiny": ModelConfig(n_layer=4, n_head=4, n_embd=256, dropout=0.0, attn_dropout=0.0, official=True),
-    "small": ModelConfig(n_layer=8, n_head=8, n_embd=512, official=True),
-    "mid": ModelConfig(n_layer=12, n_head=12, n_embd=768, image_vocab=16384, image_grid=(16, 16), official=True),
-    "base": ModelConfig(n_layer=24, n_head=8, n_embd=1024, image_vocab=16384, image_grid=(16, 16), official=True),
-    "large": ModelConfig(n_layer=36, n_head=10, n_embd=1280, image_vocab=16384, image_grid=(16, 16), official=True),
+    "tiny": ModelConfig(n_layer=4, n_head=4, n_embd=256, dropout=0.0, attn_dropout=0.0),
+    "small": ModelConfig(n_layer=8, n_head=8, n_embd=512),
+    "mid": ModelConfig(n_layer=12, n_head=12, n_embd=768, image_vocab=16384, image_grid=(16, 16)),
+    "base": ModelConfig(n_layer=24, n_head=8, n_embd=1024, image_vocab=16384, image_grid=(16, 16)),
+    "large": ModelConfig(n_layer=36, n_head=10, n_embd=1280, image_vocab=16384, image_grid=(16, 16)),
 }
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(model=MODEL_PRESETS["tiny"]),
-    "tiny-ar": TrainConfig(model=dataclasses.replace(MODEL_PRESETS["tiny"], causal=True, official=False)),
+    "tiny-ar": TrainConfig(model=dataclasses.replace(MODEL_PRESETS["tiny"], causal=True)),
     "small": TrainConfig(model=MODEL_PRESETS["small"], batch_size=128, lr=6e-4),
     "base": TrainConfig(
         model=MODEL_PRESETS["base"], batch_size=4096, steps=40000, lr=4.5e-4, warmup_steps=2000, fsdp=True
@@ -155,6 +156,10 @@ VQ_PRESETS: dict[str, VQConfig] = {
 }
 
 
+# fields saved by older runs that nothing reads any more; dropped when a config is read, so those runs still load
+RETIRED_FIELDS: dict[type, tuple[str, ...]] = {ModelConfig: ("tie_embeddings",)}  # magvlt's former architecture
+
+
 def preset(table: dict, name: str):
     """A fresh copy of a named preset, or a clear error listing the names."""
     if name not in table:
@@ -167,7 +172,8 @@ def to_dict(cfg) -> dict:
 
 
 def from_dict(cls, data: dict):
-    """Build a config dataclass from JSON data; nested dataclasses and tuples are restored."""
+    """Build a config dataclass from JSON data; nested dataclasses and tuples are restored, retired fields dropped."""
+    data = {k: v for k, v in data.items() if k not in RETIRED_FIELDS.get(cls, ())}
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - known

@@ -91,8 +91,3 @@ def unconditional_text(cfg: ModelConfig, batch: int, device=None) -> torch.Tenso
 def unconditional_image(cfg: ModelConfig, batch: int, device=None) -> torch.Tensor:
     """The null image of condition dropout (classifier-free guidance): all <MASK>, unified ids [B, N_I]."""
     return torch.full((batch, cfg.image_tokens), Vocab.of(cfg).MASK, dtype=torch.long, device=device)
-
-
-def length_query_text(cfg: ModelConfig, batch: int, device=None) -> torch.Tensor:
-    """The text fed while predicting the length at <BOT>: all <MASK> over L, so no padding gives it away."""
-    return torch.full((batch, cfg.text_len), Vocab.of(cfg).MASK, dtype=torch.long, device=device)

@@ -24,7 +24,6 @@ from magvlt.config import ModelConfig, ObjectiveConfig
 from magvlt.errors import UserError
 from magvlt.masking import (
     cosine_schedule,
-    length_query_text,
     linear_schedule,
     lowest_scores,
     random_mask,
@@ -35,7 +34,7 @@ from magvlt.masking import (
     unconditional_text,
     uniform,
 )
-from magvlt.model import SPC, Task, Transformer, Vocab, argvlt_sequence, magvlt_sequence, official_segments
+from magvlt.model import SPC, Task, Transformer, Vocab, official_segments
 
 TASKS = tuple(Task)  # the order of ObjectiveConfig.task_weights
 MIX_MODES = ("mixsel", "mixrandom", "off")
@@ -62,7 +61,7 @@ def trained_task_weights(weights, causal: bool) -> tuple[float, float, float]:
 
 @dataclass
 class Example:
-    """One built MAGVLT input: unified ids fed to the model, positions predicted and their ground truth."""
+    """One built input: unified ids fed to the model, positions predicted and their ground truth."""
 
     image: torch.Tensor  # [B, N_I] unified ids as fed (<MASK> where masked)
     text: torch.Tensor  # [B, L] unified ids as fed (<MASK> where masked, <PAD> beyond the length)
@@ -72,7 +71,7 @@ class Example:
     text_target: torch.Tensor  # [B, L] raw text ids
     length: torch.Tensor  # [B] text lengths (counting sot and eot)
     r: torch.Tensor  # [B] float64: the step ratio the masks were drawn at
-    task: Task  # the layout of an official-architecture model: T2I text first, I2T and IT2IT image first
+    task: Task  # the layout: T2I text first, I2T and IT2IT image first
     selector: torch.Tensor | None = None  # [B] MixSel selector token ids
 
 
@@ -169,13 +168,10 @@ def official_inputs(model: Transformer, image: torch.Tensor, text: torch.Tensor,
 
 
 def _hidden(model: Transformer, ex: Example):
-    """Hidden states and segments of an example, in the model's layout."""
-    if model.cfg.official:
-        layout = Task.T2I if ex.task == Task.T2I else Task.I2T
-        inputs = official_inputs(model, ex.image, ex.text, ex.selector)
-        return model.official(layout, *inputs), official_segments(layout, model.cfg, ex.text.shape[1])
-    tokens, position_ids, segs = magvlt_sequence(model.cfg, ex.image, ex.text, ex.selector)
-    return model(tokens, position_ids), segs
+    """Block outputs and segments of an example in its official layout: T2I text first, I2T and IT2IT image first."""
+    layout = Task.T2I if ex.task == Task.T2I else Task.I2T
+    inputs = official_inputs(model, ex.image, ex.text, ex.selector)
+    return model.official(layout, *inputs), official_segments(layout, model.cfg, ex.text.shape[1])
 
 
 def crop_text(ex: Example) -> Example:
@@ -191,8 +187,7 @@ def crop_text(ex: Example) -> Example:
 
 def predict_masked(model: Transformer, ex: Example, label_smoothing: float) -> Prediction:
     """One forward, logits only at the predicted positions; the sum of the per-modality mean cross-entropies."""
-    if model.cfg.official:
-        ex = crop_text(ex)
+    ex = crop_text(ex)
     h, segs = _hidden(model, ex)
     image_logits = model.image_logits(h[:, segs.image][ex.image_mask])
     text_logits = model.text_logits(h[:, segs.text][ex.text_mask])
@@ -211,18 +206,13 @@ def predict_masked(model: Transformer, ex: Example, label_smoothing: float) -> P
 def length_loss(model: Transformer, image: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Target-length cross-entropy at <BOT> (Sec. 3.2): class k means length k + 1. Returns (loss, accuracy).
 
-    Fed `image` (unified ids, as in the task's main input) and `length_query_text` (all <MASK>, no padding),
-    exactly what the sampler feeds before it knows the length: with the real padding visible the length
-    would be given away, so this is its own forward rather than the main one's <BOT> output.
+    Fed `image` (unified ids, as in the task's main input) and the official length query (docs/official.md
+    section 6: the text all masked, no padding), exactly what the sampler feeds before it knows the length: with
+    the real padding visible the length would be given away, so this is its own forward rather than the main
+    one's <BOT> output.
     """
-    if model.cfg.official:  # the official length query (docs/official.md section 6)
-        logits = model.official_length_logits(
-            image.masked_fill(image == model.vocab.MASK, 0), image == model.vocab.MASK
-        )
-    else:
-        text = length_query_text(model.cfg, image.shape[0], image.device)
-        tokens, position_ids, segs = magvlt_sequence(model.cfg, image, text)
-        logits = model.length_logits(model(tokens, position_ids)[:, segs.bot]).float()
+    masked = image == model.vocab.MASK
+    logits = model.official_length_logits(image.masked_fill(masked, 0), masked)
     return F.cross_entropy(logits, length - 1), _accuracy(logits, length - 1)
 
 
@@ -417,32 +407,39 @@ def magvlt_loss(
     return total, terms
 
 
+def _next_token_example(vocab: Vocab, batch: dict[str, torch.Tensor], task: Task) -> Example:
+    """ARGVLT's input (Sec. 4.1): both modalities fed whole, every image token and real text token a target."""
+    image, text, length = batch["image"], batch["text"], batch["length"]
+    return Example(
+        image=vocab.image(image),
+        text=text_input(vocab, text, length),
+        image_mask=torch.ones_like(image, dtype=torch.bool),
+        text_mask=text_valid(length, text.shape[1]),
+        image_target=image,
+        text_target=text,
+        length=length,
+        r=torch.ones(image.shape[0], dtype=torch.float64, device=image.device),  # nothing masked
+        task=task,
+    )
+
+
 def argvlt_loss(
     model: Transformer, batch: dict[str, torch.Tensor], cfg: ObjectiveConfig, task: Task, generator: torch.Generator
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """ARGVLT's next-token prediction (Sec. 4.1, App. A): weight 1 - w on the generated modality, w on the condition.
 
-    Targets: every image token and every real text token (sot and eot included, padding never), each predicted
-    from the hidden state one position earlier; the per-modality mean cross-entropies are mixed. Condition
-    dropout feeds the same null condition as MAGVLT and drops those rows' condition targets.
+    The official layout of the task under the causal mask: T2I [BOC BOT text BOG BOI image], I2T [BOC BOI image
+    BOG BOT text]. Targets: every image token and every real text token (sot and eot included, padding never),
+    each predicted from the block output one position earlier (the first from <BOI> or <BOT>); the per-modality
+    mean cross-entropies are mixed. Condition dropout feeds the same null condition as MAGVLT, which has no targets.
     """
     vocab = model.vocab
-    image, text, length = batch["image"], batch["text"], batch["length"]
-    b, device = image.shape[0], image.device
-    image_in, text_in = vocab.image(image), text_input(vocab, text, length)
-    image_valid, valid = torch.ones_like(image, dtype=torch.bool), text_valid(length, text.shape[1])
-    drop = _drop_rows(b, cfg.cond_dropout, generator, device)
-    if drop is not None and task == Task.T2I:
-        text_in = torch.where(drop[:, None], unconditional_text(model.cfg, b, device), text_in)
-        valid = valid & ~drop[:, None]
-    elif drop is not None:
-        image_in = torch.where(drop[:, None], unconditional_image(model.cfg, b, device), image_in)
-        image_valid = image_valid & ~drop[:, None]
-    tokens, position_ids, segs = argvlt_sequence(model.cfg, image_in, text_in, task)
-    h = model(tokens, position_ids)
-    image_logits = model.image_logits(h[:, segs.image.start - 1 : segs.image.stop - 1][image_valid])
-    text_logits = model.text_logits(h[:, segs.text.start - 1 : segs.text.stop - 1][valid])
-    image_target, text_target = image[image_valid], text[valid]
+    ex = condition_dropout(_next_token_example(vocab, batch, task), task, cfg.cond_dropout, model.cfg, generator)
+    ex = crop_text(replace(ex, image_mask=ex.image != vocab.MASK, text_mask=ex.text != vocab.PAD))
+    h, segs = _hidden(model, ex)
+    image_logits = model.image_logits(h[:, segs.image.start - 1 : segs.image.stop - 1][ex.image_mask])
+    text_logits = model.text_logits(h[:, segs.text.start - 1 : segs.text.stop - 1][ex.text_mask])
+    image_target, text_target = ex.image_target[ex.image_mask], ex.text_target[ex.text_mask]
     terms = {
         "image": mask_prediction_loss(image_logits, image_target, cfg.label_smoothing),
         "text": mask_prediction_loss(text_logits, text_target, cfg.label_smoothing),

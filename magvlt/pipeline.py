@@ -32,7 +32,7 @@ from magvlt.config import TrainConfig, from_dict, load_json, to_dict
 from magvlt.errors import UserError
 from magvlt.images import as_list, as_pil, blend, fit_image, mask_tokens
 from magvlt.masking import Generators
-from magvlt.model import Transformer
+from magvlt.model import Transformer, check_architecture
 from magvlt.official.text import OfficialTokenizer
 from magvlt.official.vq import official_input, official_uint8
 from magvlt.rerank import Scorer, best_of, load_scorer
@@ -130,6 +130,7 @@ class MAGVLTPipeline:
             train_cfg = load_json(TrainConfig, run / paths.CONFIG)
         except (UserError, TypeError) as e:
             raise UserError(f"{run / paths.CONFIG} is not a training run's config: {e}") from None
+        check_architecture(train_cfg.model, str(run))
         model = Transformer(train_cfg.model)
         try:
             model.load_state_dict(load_weights(run / paths.WEIGHTS))

@@ -15,25 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from magvlt.errors import UserError
-from magvlt.masking import (
-    Generators,
-    length_query_text,
-    sample_tokens,
-    text_input,
-    text_valid,
-    unconditional_image,
-    unconditional_text,
-    uniform,
-)
-from magvlt.model import (
-    KVCache,
-    Task,
-    Transformer,
-    Vocab,
-    argvlt_sequence,
-    magvlt_sequence,
-    official_segments,
-)
+from magvlt.masking import Generators, sample_tokens, text_valid, uniform
+from magvlt.model import KVCache, Task, Transformer, official_attention, official_segments
 from magvlt.schedulers import MaskGITScheduler, MaskPredictScheduler, TokenState, filter_logits
 
 
@@ -87,29 +70,11 @@ def central_span(length: torch.Tensor, text_len: int, fraction: float = 0.5, sta
     return (pos >= start.unsqueeze(1)) & (pos < (start + n).unsqueeze(1))
 
 
-def _image_ids(vocab: Vocab, image: TokenState) -> torch.Tensor:
-    return vocab.image(image.tokens).masked_fill(image.masked, vocab.MASK)
-
-
-def _text_ids(vocab: Vocab, text: TokenState, length: torch.Tensor) -> torch.Tensor:
-    return text_input(vocab, text.tokens, length).masked_fill(text.masked, vocab.MASK)
-
-
-def _forward(model: Transformer, image: torch.Tensor, text: torch.Tensor, null: str | None, length_query: bool):
-    """Hidden states by row group, fed in one batch: "main"; "uncond" (the `null` condition of condition dropout,
-    for guidance); "length" (the <BOT> length query, App. D). Returns (states by name, segments)."""
-    cfg, b, device = model.cfg, image.shape[0], image.device
-    groups = {"main": (image, text)}
-    if null == "text":
-        groups["uncond"] = (image, unconditional_text(cfg, b, device))
-    elif null == "image":
-        groups["uncond"] = (unconditional_image(cfg, b, device), text)
-    if length_query:
-        groups["length"] = (image, length_query_text(cfg, b, device))
-    images, texts = zip(*groups.values())
-    tokens, position_ids, segs = magvlt_sequence(cfg, torch.cat(images), torch.cat(texts))
-    h = model(tokens, position_ids).view(len(groups), b, *tokens.shape[1:], -1)
-    return dict(zip(groups, h)), segs
+def _caption(model: Transformer, text: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    """Raw text ids [B, L] as a layout reads them: cut after the longest caption (the model hides the positions
+    past every caption), <|endoftext|> past each length."""
+    width = max(1, int(length.max()))
+    return torch.where(text_valid(length, width), text[:, :width], model.eos)
 
 
 def _official_forward(
@@ -118,8 +83,8 @@ def _official_forward(
     """The released model's layout of `task` (T2I when only the image is generated, else I2T, as IT2IT), text
     EOS-padded past each length and cut after the longest (the model hides those positions); the null condition
     of guidance is the empty caption (length 0) or the fully masked image."""
-    width = max(1, int(length.max()))
-    tokens = torch.where(text_valid(length, width), text.tokens[:, :width], model.eos)
+    tokens = _caption(model, text.tokens, length)
+    width = tokens.shape[1]
     masked = text.masked[:, :width]
     groups = {"main": (image.tokens, image.masked, tokens, masked, length)}
     if null == "text":
@@ -134,14 +99,6 @@ def _logits(head, states: dict[str, torch.Tensor], seg: slice, masked: torch.Ten
     """Logits [M, V] at the masked positions only, guided when an unconditional row was fed."""
     cond = head(states["main"][:, seg][masked])
     return guided(cond, head(states["uncond"][:, seg][masked]), scale) if "uncond" in states else cond
-
-
-def _length_logits(model: Transformer, states, segs, image: TokenState) -> torch.Tensor:
-    """The length re-predicted during joint generation: the length query's <BOT> output (the official query for the
-    official architecture, its own forward)."""
-    if model.cfg.official:
-        return model.official_length_logits(image.tokens, image.masked)
-    return model.length_logits(states["length"][:, segs.bot])
 
 
 def _resize_text(text: TokenState, length: torch.Tensor) -> TokenState:
@@ -193,16 +150,11 @@ def decode(
     if not schedulers or len({s.num_inference_steps for s in schedulers}) > 1:
         raise UserError("decode needs a scheduler per generated modality, with the same number of steps")
     null = None if len(schedulers) == 2 or guidance_scale <= 1 else ("text" if image_scheduler else "image")
-    vocab, generator, steps = model.vocab, _rng(generator), schedulers[0].num_inference_steps
+    generator, steps = _rng(generator), schedulers[0].num_inference_steps
+    task = Task.T2I if text_scheduler is None else Task.I2T
     history = []
     for t in range(steps):
-        if model.cfg.official:
-            task = Task.T2I if text_scheduler is None else Task.I2T
-            states, segs = _official_forward(model, image, text, length, task, null)
-        else:
-            states, segs = _forward(
-                model, _image_ids(vocab, image), _text_ids(vocab, text, length), null, repredict_length
-            )
+        states, segs = _official_forward(model, image, text, length, task, null)
         if image_scheduler is not None:
             logits = _logits(model.image_logits, states, segs.image, image.masked, guidance_scale)
             image = image_scheduler.step(logits, t, image, generator)
@@ -211,7 +163,7 @@ def decode(
             logits = _logits(model.text_logits, states, segs.text, masked, guidance_scale)
             text = text_scheduler.step(logits, t, text, generator)
             if repredict_length and t < steps - 1:
-                length = _length_logits(model, states, segs, image).argmax(dim=-1) + 1
+                length = model.official_length_logits(image.tokens, image.masked).argmax(dim=-1) + 1
                 text = _resize_text(text, length)
         if trace or callback is not None:
             current = _to_sample(image, text, length)
@@ -270,12 +222,7 @@ def inpaint(
 def length_logits(model: Transformer, image: torch.Tensor) -> torch.Tensor:
     """Logits [B, L] over text lengths 1..L at <BOT>, the text fed all <MASK> as in training (Sec. 3.2)."""
     _check_magvlt(model)
-    cfg = model.cfg
-    if cfg.official:
-        return model.official_length_logits(image, torch.zeros_like(image, dtype=torch.bool))
-    text = length_query_text(cfg, image.shape[0], image.device)
-    tokens, position_ids, segs = magvlt_sequence(cfg, model.vocab.image(image), text)
-    return model.length_logits(model(tokens, position_ids)[:, segs.bot]).float()
+    return model.official_length_logits(image, torch.zeros_like(image, dtype=torch.bool))
 
 
 def predict_lengths(
@@ -391,37 +338,47 @@ def sample_logits(logits: torch.Tensor, temperature: float, generator: Generator
     return sample_tokens(logits / temperature, uniform((logits.shape[0],), generator, logits.device))[0]
 
 
+def _draw(temperature: float, top_k: int | None, top_p: float | None, generator: Generators | None):
+    """The token draw of ARGVLT decoding: logits [B, V] -> one id per row, filtered and tempered."""
+    generator = _rng(generator)
+    return lambda logits: sample_logits(filter_logits(logits, top_k, top_p), temperature, generator)
+
+
 def _autoregress(
     model: Transformer,
-    tokens: torch.Tensor,
-    position_ids: torch.Tensor,
-    start: int,
-    n: int,
-    head,
-    offset: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    generator: Generators | None,
+    task: Task,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    length: torch.Tensor,
+    draw: Callable[[torch.Tensor], torch.Tensor],
     use_cache: bool,
 ) -> torch.Tensor:
-    """Fill tokens[:, start : start + n] one at a time (in place); returns the model's log-prob of each [B, n]."""
-    b, generator = tokens.shape[0], _rng(generator)
+    """Fill the generated modality of `task` (T2I: image codes [B, N_I]; I2T: raw text ids [B, L]) in place, one
+    token at a time in its official layout under the causal mask (Sec. 4.1): the prefix up to <BOI> / <BOT> in
+    one forward, then one position per step against a KV cache (without one, the whole prefix again). Returns
+    the model's log-probability of each drawn token [B, n]."""
+    cfg, width, t2i = model.cfg, text.shape[1], task == Task.T2I
+    tokens, head, embed = (
+        (image, model.image_logits, model.embed_image) if t2i else (text, model.text_logits, model.embed_text)
+    )
+    given = (image, torch.zeros_like(image, dtype=torch.bool), text, torch.zeros_like(text, dtype=torch.bool))
+    segs, attn = official_segments(task, cfg, width), official_attention(task, length, cfg, width)
+    start, n = (segs.image if t2i else segs.text).start, tokens.shape[1]
     dtype = next(model.parameters()).dtype
-    cache = KVCache(model.cfg, b, start + n - 1, tokens.device, dtype) if use_cache else None
-    h = model(tokens[:, :start], position_ids[:start], cache)[:, -1]
+    cache = KVCache(cfg, tokens.shape[0], start + n - 1, tokens.device, dtype) if use_cache else None
+    h = model(model.embed(task, *given)[:, :start], attn[:, :start, :start], cache)[:, -1]
     logps = []
     for i in range(n):
-        p = start + i
         logits = head(h).float()
-        sampled = sample_logits(filter_logits(logits, top_k, top_p), temperature, generator)
-        logps.append(torch.log_softmax(logits, dim=-1).gather(-1, sampled.unsqueeze(-1)))
-        tokens[:, p] = sampled + offset
+        tokens[:, i] = draw(logits)
+        logps.append(torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, i : i + 1]))
         if i + 1 < n:
+            p = start + i  # the position just filled
             if cache is not None:
-                h = model(tokens[:, p : p + 1], position_ids[p : p + 1], cache)[:, -1]
+                x, rows = embed(tokens[:, i : i + 1], torch.zeros_like(tokens[:, :1], dtype=torch.bool), i), p
             else:
-                h = model(tokens[:, : p + 1], position_ids[: p + 1])[:, -1]
+                x, rows = model.embed(task, *given)[:, : p + 1], 0
+            h = model(x, attn[:, rows : p + 1, : p + 1], cache)[:, -1]
     return torch.cat(logps, dim=1)
 
 
@@ -442,28 +399,12 @@ def ar_generate_images(
     generator: Generators | None = None,
     use_cache: bool = True,
 ) -> Sample:
-    """ARGVLT T2I (Sec. 4.1): [<BOT> text <BOI>] then the image tokens one at a time, with a KV cache."""
+    """ARGVLT T2I (Sec. 4.1): [BOC BOT text BOG BOI], then the image tokens one at a time, with a KV cache."""
     _check_argvlt(model)
-    cfg, vocab = model.cfg, model.vocab
-    image = torch.full((text.shape[0], cfg.image_tokens), vocab.MASK, dtype=torch.long, device=text.device)
-    tokens, position_ids, segs = argvlt_sequence(cfg, image, text_input(vocab, text, length), Task.T2I)
-    logp = _autoregress(
-        model,
-        tokens,
-        position_ids,
-        segs.image.start,
-        cfg.image_tokens,
-        model.image_logits,
-        0,
-        temperature,
-        top_k,
-        top_p,
-        generator,
-        use_cache,
-    )
-    return _ar_sample(
-        tokens[:, segs.image], text.masked_fill(~text_valid(length, cfg.text_len), 0), length, logp.mean(dim=1)
-    )
+    image = torch.zeros((text.shape[0], model.cfg.image_tokens), dtype=torch.long, device=text.device)
+    draw = _draw(temperature, top_k, top_p, generator)
+    logp = _autoregress(model, Task.T2I, image, _caption(model, text, length), length, draw, use_cache)
+    return _ar_sample(image, text.masked_fill(~text_valid(length, text.shape[1]), 0), length, logp.mean(dim=1))
 
 
 @torch.no_grad()
@@ -478,29 +419,15 @@ def ar_generate_text(
     generator: Generators | None = None,
     use_cache: bool = True,
 ) -> Sample:
-    """ARGVLT I2T (Sec. 4.1): [<BOI> image <BOT>] then text tokens one at a time; the text ends at end_id."""
+    """ARGVLT I2T (Sec. 4.1): [BOC BOI image BOG BOT], then text tokens one at a time; the text ends at end_id."""
     _check_argvlt(model)
-    cfg, vocab = model.cfg, model.vocab
-    text = torch.full((image.shape[0], cfg.text_len), vocab.MASK, dtype=torch.long, device=image.device)
-    tokens, position_ids, segs = argvlt_sequence(cfg, vocab.image(image), text, Task.I2T)
-    logp = _autoregress(
-        model,
-        tokens,
-        position_ids,
-        segs.text.start,
-        cfg.text_len,
-        model.text_logits,
-        vocab.text_offset,
-        temperature,
-        top_k,
-        top_p,
-        generator,
-        use_cache,
-    )
-    raw = tokens[:, segs.text] - vocab.text_offset
-    length = torch.full((image.shape[0],), cfg.text_len, device=image.device)
+    b, text_len = image.shape[0], model.cfg.text_len
+    text = torch.zeros((b, text_len), dtype=torch.long, device=image.device)
+    length = torch.full((b,), text_len, device=image.device)
+    draw = _draw(temperature, top_k, top_p, generator)
+    logp = _autoregress(model, Task.I2T, image, text, length, draw, use_cache)
     if end_id is not None:
-        is_end = raw == end_id
+        is_end = text == end_id
         length = torch.where(is_end.any(dim=1), is_end.long().argmax(dim=1) + 1, length)
-    valid = text_valid(length, cfg.text_len)
-    return _ar_sample(image, raw.masked_fill(~valid, 0), length, (logp * valid).sum(dim=1) / length)
+    valid = text_valid(length, text_len)
+    return _ar_sample(image, text.masked_fill(~valid, 0), length, (logp * valid).sum(dim=1) / length)

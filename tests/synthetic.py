@@ -19,8 +19,10 @@ from magvlt.vq import VQGAN, save_vq
 
 GRID, IMAGE_VOCAB, TEXT_VOCAB, TEXT_LEN = (4, 4), 16, 12, 6
 COLORS, SHAPES = ("red", "green", "blue", "yellow", "purple"), ("circle", "square", "triangle")
-# One intra-op thread, as the in-process runs use: bitwise comparisons need the same reduction order.
-SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+# One intra-op thread, as the in-process runs use: bitwise comparisons need the same reduction order. The
+# repository root first, so subprocesses import the magvlt under test (a git worktree's, not an installed copy).
+TESTS = Path(__file__).resolve().parent
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
 
 
 def write_synthetic(

@@ -205,6 +205,16 @@ def test_bad_run_directories_and_inputs_are_user_errors(tmp_path, run, pipe):
         pipe(["a large red circle " * 10])
 
 
+def test_a_run_of_the_former_architecture_is_asked_to_be_retrained(tmp_path, run):
+    for name in ("model.safetensors", "text", "vq"):
+        (tmp_path / name).symlink_to(run / name)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"].update(official=False, tie_embeddings=True)  # what such a run's config.json holds
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match=f"{tmp_path} is magvlt's former architecture .* retrain it"):
+        MAGVLTPipeline.from_pretrained(tmp_path)
+
+
 def test_cli_writes_pngs_jsonl_and_gifs(tmp_path, run, images, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a large red circle\n\na small blue square on the left\n")

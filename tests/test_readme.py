@@ -25,5 +25,6 @@ def test_every_readme_python_example_runs(tmp_path, capsys):
         exec(compile(block.replace("runs/demo/model", str(run)), str(README), "exec"), namespace)
     assert namespace["image"].size == (16, 16) and isinstance(namespace["caption"], str)
     assert len(namespace["frames"]) == 10 and len(namespace["pairs"].images) == 2
-    assert namespace["filled"].startswith("a large ") and len(namespace["images"]) == 2
+    # the kept words stay; the untrained model may fill [MASK] with <|endoftext|>, which ends the caption there
+    assert namespace["filled"].startswith("a large") and len(namespace["images"]) == 2
     assert "MaskGITScheduler(" in capsys.readouterr().out

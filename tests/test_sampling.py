@@ -11,7 +11,7 @@ from magvlt import sampling
 from magvlt.config import ModelConfig
 from magvlt.errors import UserError
 from magvlt.masking import text_input
-from magvlt.model import Transformer
+from magvlt.model import Task, Transformer, official_segments
 from magvlt.schedulers import PRESETS, MaskGITScheduler, MaskPredictScheduler, TokenState, filter_logits, get_preset
 
 CFG = ModelConfig(n_layer=2, n_head=2, n_embd=32, image_vocab=64, image_grid=(4, 4), text_vocab=50, text_len=12)
@@ -96,9 +96,8 @@ def test_i2t_length_beam_keeps_a_top_k_length_with_the_best_score():
 
 def test_i2t_sampled_lengths_follow_the_length_distribution():
     model, image = _model(), _image(b=1).repeat(400, 1)
-    with torch.no_grad():
-        model.length_head.bias.copy_(torch.tensor([-9.0] * (CFG.text_len - 3) + [0.0, 0.0, math.log(2)]))
-        model.length_head.weight.zero_()  # p(length 10) = p(11) = 1/4, p(12) = 1/2
+    logits = torch.tensor([-9.0] * (CFG.text_len - 3) + [0.0, 0.0, math.log(2)])  # p(10) = p(11) = 1/4, p(12) = 1/2
+    model.official_length_logits = lambda image, masked: logits.expand(image.shape[0], -1)
     out = sampling.generate_text(model, image, TEXT(2, length_temperature=1.0), generator=_gen(0))
     counts = torch.bincount(out.length, minlength=CFG.text_len + 1)[10:]
     assert counts.sum() == 400 and abs(counts[2] / 400 - 0.5) < 0.08 and abs(counts[0] / 400 - 0.25) < 0.07
@@ -182,6 +181,32 @@ def test_argvlt_kv_cache_gives_the_uncached_tokens():
         assert torch.equal(cached.text, full.text) and torch.equal(cached.length, full.length)
     ends = cached.text.gather(1, (cached.length - 1)[:, None]).squeeze(1)
     assert ((ends == 7) | (cached.length == CFG.text_len)).all()
+
+
+@pytest.mark.parametrize("task", [Task.T2I, Task.I2T])
+def test_argvlt_decoding_is_what_one_full_forward_of_its_output_predicts(task):
+    """KV-cache decoding (Sec. 4.1), greedy: the tokens and scores of decoding without a cache, every token the
+    argmax of one full causal forward of the finished layout, and the score its mean log-probability (1e-5)."""
+    model, (text, length), image = _model(causal=True), _text(), _image()
+    if task == Task.T2I:
+        outs = [sampling.ar_generate_images(model, text, length, temperature=0, use_cache=c) for c in (True, False)]
+        caption = torch.where(sampling.text_valid(length, CFG.text_len), text, model.eos)[:, : int(length.max())]
+        tokens, head = outs[0].image, model.image_logits
+    else:
+        outs = [sampling.ar_generate_text(model, image, temperature=0, use_cache=c) for c in (True, False)]
+        caption, length = outs[0].text, outs[0].length
+        tokens, head = caption, model.text_logits
+    assert torch.equal(outs[0].image, outs[1].image) and torch.equal(outs[0].text, outs[1].text)
+    torch.testing.assert_close(outs[0].score, outs[1].score, atol=1e-5, rtol=0)
+    masked = [torch.zeros_like(t, dtype=torch.bool) for t in (image, caption)]
+    with torch.no_grad():
+        h = model.official(task, outs[0].image, masked[0], caption, masked[1], length)
+    segs = official_segments(task, CFG, caption.shape[1])
+    generated = segs.image if task == Task.T2I else segs.text
+    logits = head(h[:, generated.start - 1 : generated.stop - 1])
+    assert torch.equal(logits.argmax(dim=-1), tokens)
+    want = logits.log_softmax(dim=-1).gather(-1, tokens[..., None]).mean(dim=(1, 2))
+    torch.testing.assert_close(outs[0].score, want, atol=1e-5, rtol=0)
 
 
 def test_filter_logits_top_k_and_top_p():
@@ -278,7 +303,7 @@ def test_presets_are_printable_copies_that_refuse_bad_fields():
 
 def test_every_mode_decodes_with_the_official_architecture():
     torch.manual_seed(0)
-    model = Transformer(dataclasses.replace(CFG, official=True)).eval()
+    model = Transformer(CFG).eval()
     (text, length), image = _text(), _image()
     preset = get_preset("official")
     out = sampling.generate_images(model, text, length, preset.image, generator=_gen(0), guidance_scale=2.0)

@@ -26,7 +26,7 @@ from magvlt import paths
 from magvlt.config import ModelConfig, ObjectiveConfig, TrainConfig, load_json, save_json
 from magvlt.data.tokenized import BatchStream, TokenizedDataset, derive_seed
 from magvlt.errors import UserError
-from magvlt.model import Task, Transformer
+from magvlt.model import Task, Transformer, check_architecture
 from magvlt.objectives import TASKS, mask_task, predict_masked, sample_task, trained_task_weights, training_loss
 from magvlt.precision import autocast, use_bf16
 from magvlt.train import dist, rundir
@@ -95,6 +95,7 @@ def _check_config(cfg: TrainConfig, world_size: int) -> None:
 def _resumed_config(cfg: TrainConfig, out: Path) -> None:
     """Refuse to resume a run whose model differs from the one this config (fitted to the data) describes."""
     saved = load_json(TrainConfig, out / paths.CONFIG).model
+    check_architecture(saved, str(out))
     diff = [
         f"{f.name}: run has {getattr(saved, f.name)}, now {getattr(cfg.model, f.name)}"
         for f in dataclasses.fields(ModelConfig)
