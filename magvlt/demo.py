@@ -31,7 +31,7 @@ class DemoConfig:
     """What the demo builds and how long each trained stage may take (defaults: ~20 minutes on 2 cores)."""
 
     out: Path = Path("runs/demo")
-    minutes: float = 8.5  # the MAGVLT transformer (the whole demo took 21 min with 9)
+    minutes: float = 8.0  # the MAGVLT transformer (the whole demo took 21.2 min with 9, 20.4 with 8.5)
     vq_minutes: float = 5.0
     # ...but at least this many steps: a quiet 2-core AVX2 machine makes ~700 in the 5 minutes (28.7 dB, the judge
     # reads back 91.5% of val scenes); under a 5x load the 5 minutes gave 131 steps and codes too coarse to learn
