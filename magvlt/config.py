@@ -79,6 +79,9 @@ class ObjectiveConfig:
     unroll_text_steps: int = 12  # likewise for text (T = 12)
     mix: str = "mixsel"  # Sec. 3.4: "mixsel", "mixrandom" (no selector token, App. E) or "off"
     mix_weight: float = 0.5  # lambda_MS
+    # curriculum: the share of training (of the steps, or of the time budget) before UnrollMask and MixSel join;
+    # until then each update is plain mask prediction at a third of the cost (0: from the start, as in the paper)
+    extras_from: float = 0.0
     cond_dropout: float = (
         0.0  # fraction of samples whose condition is replaced by the null one (classifier-free guidance)
     )

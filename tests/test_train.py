@@ -14,12 +14,12 @@ from synthetic import SUBPROCESS_ENV, write_synthetic
 from magvlt import paths
 from magvlt.checkpoint import load_torch, load_weights
 from magvlt.cli import main as cli_main
-from magvlt.config import ModelConfig, TrainConfig, load_json, save_json
+from magvlt.config import ModelConfig, ObjectiveConfig, TrainConfig, load_json, save_json
 from magvlt.data.tokenized import TokenizedDataset
 from magvlt.errors import UserError
 from magvlt.model import Transformer
 from magvlt.train import loop, rundir
-from magvlt.train.loop import evaluate_masked_accuracy, lr_at, param_groups, train
+from magvlt.train.loop import evaluate_masked_accuracy, lr_at, objective_at, param_groups, progress_at, train
 
 
 def tiny_config(**kw) -> TrainConfig:
@@ -62,6 +62,26 @@ def test_time_schedule_run_ends_at_its_budget_with_the_learning_rate_decayed(tmp
     assert 0 < records[-1]["cpu_share"] <= 1.5
     with pytest.raises(UserError, match="schedule must be"):
         train(tiny_config(schedule="time"), data, tmp_path / "bad", progress=False)
+
+
+def test_curriculum_adds_unroll_mask_and_mix_select_from_extras_from_on():
+    cfg = ObjectiveConfig(extras_from=0.5)
+    early, late = objective_at(cfg, 0.49), objective_at(cfg, 0.5)
+    assert (early.unroll_mask, early.mix) == (False, "off") and early.task_weights == cfg.task_weights
+    assert late == cfg and objective_at(ObjectiveConfig(), 0.0) == ObjectiveConfig()  # default: the paper's
+    steps = TrainConfig(steps=110, warmup_steps=10)
+    assert progress_at(5, steps) == 0.0 and progress_at(60, steps) == pytest.approx(0.5)
+    timed = TrainConfig(steps=10**9, schedule="time", max_minutes=2.0)
+    assert progress_at(3, timed, elapsed=30.0) == pytest.approx(0.25) and progress_at(3, timed, elapsed=999) == 1.0
+
+
+def test_training_run_takes_the_extra_terms_only_after_extras_from(tmp_path):
+    data = write_synthetic(tmp_path / "data", n=64)
+    cfg = tiny_config(steps=20, warmup_steps=2, log_every=1)
+    cfg.objective.task_weights, cfg.objective.extras_from = (1.0, 0.0, 0.0), 0.5
+    records = rundir.read_metrics(train(cfg, data, tmp_path / "run", progress=False))
+    with_extras = [r["step"] for r in records if "t2i/unroll" in r and "t2i/mix" in r]
+    assert with_extras == list(range(12, 21)) and all("t2i/mask" in r for r in records)
 
 
 def test_no_weight_decay_on_norms_biases_embeddings():

@@ -37,11 +37,22 @@ def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
     to min_lr_ratio * lr over the steps, or over max_minutes of wall time when cfg.schedule is "time"."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "time":
-        progress = min(1.0, elapsed / (60 * cfg.max_minutes))
-    else:
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    progress = progress_at(step, cfg, elapsed)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def progress_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
+    """How far training is, 0..1: of the time budget when cfg.schedule is "time", else of the steps after warmup."""
+    if cfg.schedule == "time":
+        return min(1.0, elapsed / (60 * cfg.max_minutes))
+    return min(1.0, max(0, step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+
+
+def objective_at(cfg: ObjectiveConfig, progress: float) -> ObjectiveConfig:
+    """The objective of an update at `progress`: without UnrollMask and MixSel before cfg.extras_from."""
+    if progress >= cfg.extras_from:
+        return cfg
+    return dataclasses.replace(cfg, unroll_mask=False, mix="off")
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
@@ -256,6 +267,7 @@ def _train(
     try:
         while step < cfg.steps:
             lr = lr_at(step, cfg, elapsed)
+            objective.cfg = objective_at(cfg.objective, progress_at(step, cfg, elapsed))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             metrics = _accumulate(wrapped, objective, next(stream), step, stream.micro_ids, cfg, info, bf16)
