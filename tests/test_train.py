@@ -82,6 +82,9 @@ def test_training_run_takes_the_extra_terms_only_after_extras_from(tmp_path):
     records = rundir.read_metrics(train(cfg, data, tmp_path / "run", progress=False))
     with_extras = [r["step"] for r in records if "t2i/unroll" in r and "t2i/mix" in r]
     assert with_extras == list(range(12, 21)) and all("t2i/mask" in r for r in records)
+    cfg.objective.extras_from = 1.5
+    with pytest.raises(UserError, match="extras_from"):
+        train(cfg, data, tmp_path / "bad", progress=False)
 
 
 def test_no_weight_decay_on_norms_biases_embeddings():

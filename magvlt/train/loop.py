@@ -97,6 +97,8 @@ def _check_config(cfg: TrainConfig, world_size: int) -> None:
         raise UserError("steps, grad_accum, log_every and ckpt_every must be >= 1 and warmup_steps >= 0")
     if cfg.schedule not in ("steps", "time") or (cfg.schedule == "time" and cfg.max_minutes <= 0):
         raise UserError(f"schedule must be 'steps' or 'time' (with max_minutes > 0), got {cfg.schedule!r}")
+    if not 0 <= cfg.objective.extras_from <= 1:
+        raise UserError(f"objective.extras_from must be a share of training in [0, 1], got {cfg.objective.extras_from}")
     if cfg.batch_size % (world_size * cfg.grad_accum):
         raise UserError(
             f"batch_size {cfg.batch_size} must be divisible by ranks x grad_accum = {world_size} x {cfg.grad_accum}"
