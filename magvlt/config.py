@@ -66,6 +66,27 @@ class VQConfig:
 
 
 @dataclass
+class PaletteConfig:
+    """A patch tokenizer for flat-colour scenes (`magvlt.vq.palette`): each patch is two codes, its colour and the
+    binary pattern of the pixels carrying it, so colour and shape are separate tokens and new pairs of them need
+    no new code. Fitted, not trained: the palette and the patterns are those of the training images."""
+
+    arch: str = "palette"
+    patch: int = 8  # pixels per patch side; the patch's two codes sit side by side in the token grid
+    n_colors: int = 7  # palette size, background (the most frequent colour) first
+    max_patterns: int = 4096  # the most frequent patterns are kept; a rarer one is coded as its nearest
+    n_patterns: int = 0  # the patterns the fit kept (so the vocabulary is n_colors + n_patterns)
+    # a pixel belongs to a patch's object when its distance from the background exceeds this share of the
+    # smallest distance between the background and another palette colour (half-blended edges of MixSel's
+    # squeezed images count)
+    threshold: float = 0.25
+
+    @property
+    def n_embed(self) -> int:
+        return self.n_colors + self.n_patterns
+
+
+@dataclass
 class ObjectiveConfig:
     """The training tasks and losses of Sec. 3.1-3.5; every ablation switch of Tables 6-7 and App. E."""
 

@@ -113,7 +113,7 @@ class MAGVLTPipeline:
         self.cfg = model.cfg
         self.preset = preset or get_preset("default")
         self.guidance_trained = guidance_trained  # trained with condition dropout, so guidance has a null condition
-        self.image_size = (self.cfg.image_grid[0] * vq.factor, self.cfg.image_grid[1] * vq.factor)
+        self.image_size = (self.cfg.image_grid[0] * vq.cell[0], self.cfg.image_grid[1] * vq.cell[1])
         # a run converted from the released weights: the official scripts' pixel conversions, unblended inpainting
         self.released = isinstance(tokenizer, OfficialTokenizer)
 
@@ -194,9 +194,8 @@ class MAGVLTPipeline:
         else:
             pixels = self.vq.decode(sample.image, self.cfg.image_grid).cpu().numpy()
         if sample.image_masked.any():
-            f = self.vq.factor
-            cells = sample.image_masked.view(-1, *self.cfg.image_grid).cpu().numpy()
-            masked = cells.repeat(f, axis=1).repeat(f, axis=2)
+            (fh, fw), cells = self.vq.cell, sample.image_masked.view(-1, *self.cfg.image_grid).cpu().numpy()
+            masked = cells.repeat(fh, axis=1).repeat(fw, axis=2)
             pixels = np.where(masked[..., None], np.uint8(96), pixels)
         return pixels
 

@@ -7,6 +7,7 @@ import pytest
 
 from magvlt.config import TRAIN_PRESETS, preset
 from magvlt.demo import DemoConfig, demo_train_config, run_demo
+from magvlt.errors import UserError
 from magvlt.pipeline import MAGVLTPipeline
 from magvlt.reproduce import TABLES, GridConfig, Run, tables, tokenizer_id
 
@@ -56,6 +57,17 @@ def test_demo_cli_refuses_bad_options_with_exit_code_2(argv, tmp_path):
     assert not (tmp_path / "demo").exists()
 
 
+def test_an_unknown_tokenizer_is_refused_before_any_work(tmp_path, capsys):
+    from magvlt.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--out", str(tmp_path / "demo"), "--tokenizer", "jpeg"])
+    assert exit_.value.code == 2 and "invalid choice: 'jpeg'" in capsys.readouterr().err
+    with pytest.raises(UserError, match="unknown image tokenizer 'jpeg'"):
+        run_demo(DemoConfig(out=tmp_path / "demo", tokenizer="jpeg"))
+    assert not (tmp_path / "demo").exists()
+
+
 def test_demo_training_config_is_the_paper_recipe_at_the_demo_size():
     demo = DemoConfig()
     cfg = demo_train_config(demo, 300)
@@ -72,10 +84,12 @@ def test_demo_training_config_is_the_paper_recipe_at_the_demo_size():
     assert demo_train_config(demo, 300, "tiny-ar").model.causal
     timed = demo_train_config(demo)  # the demo itself: a wall-time budget, the learning rate decayed over it
     assert (timed.schedule, timed.max_minutes) == ("time", demo.minutes)
-    # ...with UnrollMask and MixSel joining after the first part of that budget (a curriculum), the rest the same
-    assert (
-        timed.objective == dataclasses.replace(cfg.objective, extras_from=demo.extras_from) and 0 < demo.extras_from < 1
+    # ...with UnrollMask and MixSel joining after the first part of that budget (a curriculum) and the demo's task
+    # mix, the rest the same
+    assert timed.objective == dataclasses.replace(
+        cfg.objective, extras_from=demo.extras_from, task_weights=demo.task_weights
     )
+    assert 0 < demo.extras_from < 1 and all(w > 0 for w in demo.task_weights)
 
 
 def test_reproduce_tables_show_mean_and_spread_over_seeds():

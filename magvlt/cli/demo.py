@@ -20,6 +20,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--minutes", type=float, default=d.minutes, help=f"training time of the transformer (default {d.minutes:g})"
     )
+    from magvlt.demo import TOKENIZERS
+
+    p.add_argument(
+        "--tokenizer",
+        choices=TOKENIZERS,
+        default=d.tokenizer,
+        help=f"image tokenizer: a colour and a pattern code per patch, fitted in seconds, or the paper's VQ-GAN, "
+        f"trained for --vq-minutes (default {d.tokenizer})",
+    )
     p.add_argument(
         "--vq-minutes", type=float, default=d.vq_minutes, help=f"training time of the VQ-GAN (default {d.vq_minutes:g})"
     )
@@ -60,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         DemoConfig(
             out=args.out,
             minutes=args.minutes,
+            tokenizer=args.tokenizer,
             vq_minutes=args.vq_minutes,
             clip_minutes=args.clip_minutes,
             n_train=args.n_train,

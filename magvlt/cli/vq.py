@@ -1,4 +1,4 @@
-"""`magvlt vq train|eval`: train the image tokenizer on image-caption pairs, or measure a saved one."""
+"""`magvlt vq train|fit-palette|eval`: make the image tokenizer from image-caption pairs, or measure a saved one."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("vq", help="image tokenizer (VQ-GAN): train, evaluate")
+    parser = subparsers.add_parser("vq", help="image tokenizer (VQ-GAN or palette): train, fit, evaluate")
     sub = parser.add_subparsers(dest="vq_command", required=True, metavar="ACTION")
 
     train = sub.add_parser(
@@ -42,6 +42,18 @@ def register(subparsers) -> None:
     )
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="VQConfig field overrides")
     train.set_defaults(func=run_train)
+
+    fit = sub.add_parser(
+        "fit-palette",
+        help="fit the two-code palette tokenizer (a colour and a pattern code per patch) to flat-colour images",
+        description="Fit a palette tokenizer in seconds: the most frequent colours of the images and every patch "
+        "pattern of them and of their half-width and half-height copies (MixSel's). Exact for scenes with one "
+        "object colour per patch, such as the shapes world. Overrides set PaletteConfig fields, e.g. patch=4.",
+    )
+    fit.add_argument("--data", type=Path, required=True, help="pairs: folder of tar shards or of {key}.png + {key}.txt")
+    fit.add_argument("--out", type=Path, required=True, help="directory to save config.json and model.safetensors in")
+    fit.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="PaletteConfig field overrides")
+    fit.set_defaults(func=run_fit_palette)
 
     evaluate = sub.add_parser("eval", help="PSNR and codebook usage of decode(encode(x)) on a pairs folder")
     evaluate.add_argument("--vq", type=Path, required=True, help="saved VQ-GAN directory")
@@ -81,6 +93,21 @@ def run_train(args: argparse.Namespace) -> int:
         log_every=100,
     )
     print(json.dumps(stats, indent=2))
+    print(f"saved to {args.out}")
+    return 0
+
+
+def run_fit_palette(args: argparse.Namespace) -> int:
+    from magvlt.config import PaletteConfig, apply_overrides
+    from magvlt.data.pairs import load_pairs
+    from magvlt.train.vq import evaluate, fit_palette
+    from magvlt.vq import save_vq
+
+    images, _ = load_pairs(args.data)
+    model = fit_palette(images, apply_overrides(PaletteConfig(), args.overrides))
+    save_vq(model, args.out)
+    stats = evaluate(model, images)
+    print(f"{model.cfg.n_colors} colours, {model.cfg.n_patterns} patterns; {stats['psnr']:.1f} dB on the images")
     print(f"saved to {args.out}")
     return 0
 

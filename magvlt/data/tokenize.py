@@ -250,7 +250,7 @@ def tokenize_units(
             skipped += len(writer.run(i, units[i], pool, image_size, batch_size, bar)["skipped"])
             bar.set_postfix(units=f"{done}/{len(todo)}", skipped=skipped)
     if rank == 0:
-        _finish(out, job, vq.factor, progress)
+        _finish(out, job, vq.cell, progress)
     return out
 
 
@@ -275,7 +275,7 @@ def _wait_for(paths: list[Path], progress: bool) -> None:
             missing = still
 
 
-def _finish(out: Path, job: dict, factor: int, progress: bool) -> None:
+def _finish(out: Path, job: dict, cell: tuple[int, int], progress: bool) -> None:
     """The report, the list of skipped samples and meta.json, from every unit's progress record."""
     paths = [out / PROGRESS / f"{i:05d}.json" for i in range(len(job["units"]))]
     _wait_for(paths, progress)
@@ -312,7 +312,7 @@ def _finish(out: Path, job: dict, factor: int, progress: bool) -> None:
         out,
         {
             "image_size": [h, w],
-            "image_grid": [h // factor, w // factor],
+            "image_grid": [h // cell[0], w // cell[1]],
             "image_vocab": job["image_vocab"],
             "text_vocab": job["text_vocab"],
             "text_len": job["text_len"],

@@ -22,10 +22,10 @@ from torch import nn
 from tqdm import tqdm
 
 from magvlt.checkpoint import atomic_write_text
-from magvlt.config import VQConfig
+from magvlt.config import PaletteConfig, VQConfig
 from magvlt.errors import UserError
 from magvlt.precision import autocast, use_bf16
-from magvlt.vq import VQGAN, save_vq, to_rgb_uint8
+from magvlt.vq import VQGAN, PaletteTokenizer, save_vq, to_rgb_uint8
 
 
 class EMACodebook:
@@ -134,8 +134,17 @@ def lr_at(progress: float, lr: float, warmup: float = 0.03, floor: float = 0.1) 
     return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def fit_palette(images: np.ndarray, cfg: PaletteConfig | None = None) -> PaletteTokenizer:
+    """The palette tokenizer fitted to uint8 images [B, H, W, 3] and to their half-width and half-height copies,
+    which MixSel's pre-tokenized encodings are made of (`magvlt.data.tokenize.squeeze`)."""
+    from magvlt.data.tokenize import squeeze as squeeze_uint8
+
+    extra = (squeeze_uint8(images, "w"), squeeze_uint8(images, "h"))
+    return PaletteTokenizer.fit(images, cfg or PaletteConfig(), extra=extra)
+
+
 @torch.no_grad()
-def evaluate(model: VQGAN, images: np.ndarray, batch_size: int = 256) -> dict:
+def evaluate(model: VQGAN | PaletteTokenizer, images: np.ndarray, batch_size: int = 256) -> dict:
     """PSNR (dB, uint8 pixels) of decode(encode(x)), and codebook usage: share of codes used, perplexity."""
     model.eval()
     sq_err, counts = 0.0, torch.zeros(model.cfg.n_embed)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from magvlt.checkpoint import load_weights, save_weights
-from magvlt.config import VQConfig, load_json, save_json
+from magvlt.config import PaletteConfig, VQConfig, load_json, save_json
 from magvlt.errors import UserError
 from magvlt.paths import CONFIG, WEIGHTS
 from magvlt.vq.model import VQGAN
+from magvlt.vq.palette import PaletteTokenizer
 
 
 def _listing(names, limit: int = 5) -> str:
@@ -18,7 +20,7 @@ def _listing(names, limit: int = 5) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def load_state_strict(model: VQGAN, state_dict: dict[str, torch.Tensor], source: str) -> None:
+def load_state_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Copy every model tensor from `state_dict`, refusing missing, unexpected or mis-shaped entries."""
     expected = model.state_dict()
     missing, unexpected = expected.keys() - state_dict.keys(), state_dict.keys() - expected.keys()
@@ -39,7 +41,7 @@ def load_state_strict(model: VQGAN, state_dict: dict[str, torch.Tensor], source:
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state_dict.items()}, strict=True)
 
 
-def save_vq(model: VQGAN, directory: str | Path) -> Path:
+def save_vq(model: VQGAN | PaletteTokenizer, directory: str | Path) -> Path:
     """Write config.json and model.safetensors into `directory` (each file atomically)."""
     directory = Path(directory)
     save_weights(directory / WEIGHTS, model.state_dict())
@@ -47,15 +49,17 @@ def save_vq(model: VQGAN, directory: str | Path) -> Path:
     return directory
 
 
-def load_vq(directory: str | Path, device: str | torch.device = "cpu") -> VQGAN:
-    """The VQ-GAN saved by `save_vq`, in eval mode; a directory holding another kind of model is refused."""
+def load_vq(directory: str | Path, device: str | torch.device = "cpu") -> VQGAN | PaletteTokenizer:
+    """The image tokenizer saved by `save_vq` (a VQ-GAN or a palette tokenizer, by the config's "arch"), in eval
+    mode; a directory holding another kind of model is refused."""
     directory = Path(directory)
     if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
         raise UserError(f"{directory} is not a saved VQ-GAN (expected {CONFIG} and {WEIGHTS})")
     try:
-        cfg = load_json(VQConfig, directory / CONFIG)
-    except (UserError, TypeError) as e:
+        palette = json.loads((directory / CONFIG).read_text()).get("arch") == "palette"
+        cfg = load_json(PaletteConfig if palette else VQConfig, directory / CONFIG)
+    except (UserError, TypeError, AttributeError, json.JSONDecodeError) as e:
         raise UserError(f"{directory} does not hold a VQ-GAN config: {e}") from None
-    model = VQGAN(cfg)
+    model = PaletteTokenizer(cfg) if palette else VQGAN(cfg)
     load_state_strict(model, load_weights(directory / WEIGHTS), str(directory / WEIGHTS))
     return model.to(device).eval()

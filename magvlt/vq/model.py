@@ -268,6 +268,11 @@ class VQGAN(nn.Module):
         """Pixels per token along each side."""
         return 2 ** (len(self.cfg.ch_mult) - 1)
 
+    @property
+    def cell(self) -> tuple[int, int]:
+        """Pixels per token (rows, columns)."""
+        return self.factor, self.factor
+
     def latents(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-quantization latents z_e [B, embed_dim, h, w] of float images in [-1, 1]."""
         return self.quant_conv(self.encoder(x))
