@@ -137,6 +137,9 @@ class TrainConfig:
     # what the warmup + cosine decay runs over: "steps", or "time" (max_minutes of wall time: a fixed time budget
     # that ends with the learning rate decayed however many updates a loaded machine manages; steps is then a cap)
     schedule: str = "steps"
+    # CPU, one process: every 100 steps try the other thread count (all, or one) for a few steps and keep the faster
+    # (magvlt.train.threads); a timed run on shared cores gains, a run that must repeat bit for bit should not
+    tune_threads: bool = False
 
 
 MODEL_PRESETS: dict[str, ModelConfig] = {

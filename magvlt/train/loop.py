@@ -30,6 +30,7 @@ from magvlt.model import Task, Transformer, check_architecture
 from magvlt.objectives import TASKS, mask_task, predict_masked, sample_task, trained_task_weights, training_loss
 from magvlt.precision import autocast, use_bf16
 from magvlt.train import dist, rundir
+from magvlt.train.threads import ThreadTuner
 
 
 def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
@@ -266,8 +267,13 @@ def _train(
     window, last_saved, elapsed = _Means(), step, elapsed_before
     wrapped.train()
     bar = _progress_bar(cfg, step, elapsed, progress and info.is_main)
+    tuner = ThreadTuner() if cfg.tune_threads and info.device.type == "cpu" and info.world_size == 1 else None
+    threads = torch.get_num_threads()
     try:
         while step < cfg.steps:
+            started = time.monotonic()
+            if tuner:
+                tuner.before_step()
             lr = lr_at(step, cfg, elapsed)
             objective.cfg = objective_at(cfg.objective, progress_at(step, cfg, elapsed))
             for group in optimizer.param_groups:
@@ -289,6 +295,8 @@ def _train(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if tuner:
+                tuner.after_step(time.monotonic() - started)
             window.add({"loss": loss, **metrics, "grad_norm": norm})
             bar.update(1 if cfg.schedule == "steps" else int(elapsed) - bar.n)
             if step % cfg.log_every == 0 or step == cfg.steps or time_up:
@@ -302,6 +310,7 @@ def _train(
                     # CPU time this process got, per thread and second: well under 1 when other work shares the cores
                     "cpu_share": (time.process_time() - window.cpu) / (seconds * torch.get_num_threads()),
                     "elapsed": elapsed,
+                    **({"threads": tuner.current} if tuner else {}),
                 }
                 if info.is_main:
                     rundir.append_metrics(out, record)
@@ -315,6 +324,7 @@ def _train(
                 break
     finally:
         bar.close()
+        torch.set_num_threads(threads)
     _say(info, f"run saved in {out} at step {step}")
     return out
 
