@@ -7,6 +7,7 @@ MixSel) -> evaluation on `val` and `novel` with the judge -> samples.png, refine
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -234,18 +235,32 @@ def evaluate_and_draw(cfg: DemoConfig, out: Path, model_dir: Path, scorer_dir: P
     copy_scorer(scorer_dir, model_dir)
     pipe = MAGVLTPipeline.from_pretrained(model_dir)
     metrics = {"train": _train_summary(model_dir)}
-    for split in ("val", "novel"):
-        print(f"[demo] evaluating on {split} ...", flush=True)
-        metrics[split] = evaluate(
-            pipe, f"shapes:{split}:{cfg.n_eval}", n=cfg.n_eval, seed=cfg.seed, fid=None
-        )  # FID: `magvlt eval` (CPU Inception is slow)
+    with _threads(metrics["train"].get("threads")):
+        for split in ("val", "novel"):
+            print(f"[demo] evaluating on {split} ...", flush=True)
+            metrics[split] = evaluate(
+                pipe, f"shapes:{split}:{cfg.n_eval}", n=cfg.n_eval, seed=cfg.seed, fid=None
+            )  # FID: `magvlt eval` (CPU Inception is slow)
+        draw_samples(pipe, out / "samples.png", cfg)
+        draw_refinement(pipe, out / "refinement.gif", cfg.seed)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     atomic_write_text(out / "metrics.md", "\n\n".join(f"### {s}\n\n{markdown(metrics[s])}" for s in ("val", "novel")))
     shutil.copy(model_dir / "loss.png", out / "loss.png")
-    draw_samples(pipe, out / "samples.png", cfg)
-    draw_refinement(pipe, out / "refinement.gif", cfg.seed)
     print(summary(metrics, out), flush=True)
     return metrics
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """Evaluate on the thread count that training last found faster on this machine (None: as it is)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def demo_preset(cfg: DemoConfig) -> Preset:
