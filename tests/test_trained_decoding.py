@@ -28,7 +28,7 @@ BITS = np.array([1, 2, 4, 8])
 class PaletteQuantizer:
     """Codes 0 (empty) and 1 + 15 * color + (pattern - 1) for a 2x2 patch of one palette color (exact on renders)."""
 
-    factor = 2
+    factor, cell = 2, (2, 2)
     cfg = dataclasses.make_dataclass("Cfg", [("n_embed", int)])(1 + 15 * len(COLORS))
 
     def encode(self, images) -> torch.Tensor:
