@@ -1,13 +1,14 @@
 """Training throughput of the demo's step: tokens/s and its share of this machine's matmul peak.
 
-A step is what `magvlt.train.loop` runs: the MAGVLT objective (forward, backward), gradient clipping and
-AdamW, on random tokens of the demo's shapes (width 128, batch 32, 4 x 8 palette codes: a colour and a pattern
-code per 8x8 patch; captions of 6-14 of 32 text positions as the shapes world's are). Tokens per step = batch x (N_I + L + 2) input tokens; the
-objective's extra forwards (length query, UnrollMask, MixSel) are not counted as tokens but are counted
-as FLOPs (torch.utils.flop_counter on one step per task). The peak is the best rate of a large matmul in
-the precision the step runs in, measured in the same run; the share is taken against it (`--precision`, by default the one `precision="auto"` picks on this hardware). Each cell is the median over timed
-steps after warm-up; the task of each step is drawn from the configured weights (8:1:1), so the median is a
-T2I step.
+A step is what `magvlt.train.loop` runs: the MAGVLT objective (forward, backward), gradient clipping and AdamW,
+on random tokens of the demo's shapes (width 128, batch 32, 4 x 8 palette codes: a colour and a pattern code per
+8x8 patch; captions of 6-14 of 32 text positions as the shapes world's are). Tokens per step = batch x (N_I + L
++ 2) input tokens; the objective's extra forwards (length query, UnrollMask, MixSel) are not counted as tokens
+but are counted as FLOPs (torch.utils.flop_counter on one step per task). The peak is the best rate of a large
+matmul in the precision the step runs in, measured in the same run before and after the steps (the best kept);
+the share is taken against it (`--precision`, by default the one `precision="auto"` picks on this hardware).
+Each cell is the median over timed steps after warm-up; the task of each step is drawn from the configured
+weights (8:1:1), so the median is a T2I step.
 
     python benchmarks/throughput.py              # the demo's model and batch
     python benchmarks/throughput.py --batch 64 --steps 3 n_embd=256 text_vocab=49408 text_len=64   # CLIP's vocabulary
@@ -142,10 +143,10 @@ def main() -> None:
         seconds, task = measure(step, args.steps)
         rows.append((name, seconds, step_flops(step)[task]))
     # measured before and after the steps, the best kept: one measurement alone read 91 instead of ~150 GFLOP/s
-    later = matmul_peak(dtype)
-    print(f"matmul peak (2048^3, {'bf16' if bf16 else 'fp32'}): {max(peak, later) / 1e9:.0f} GFLOP/s ", end="")
-    print(f"(before the steps {peak / 1e9:.0f}, after {later / 1e9:.0f})\n")
-    peak = max(peak, later)
+    before, after = peak, matmul_peak(dtype)
+    peak = max(before, after)
+    print(f"matmul peak (2048^3, {'bf16' if bf16 else 'fp32'}): {peak / 1e9:.0f} GFLOP/s ", end="")
+    print(f"(before the steps {before / 1e9:.0f}, after {after / 1e9:.0f})\n")
     print("| objective | precision | step (ms) | tokens/s | GFLOP/step | GFLOP/s | of that precision's peak |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, seconds, flops in rows:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from magvlt.checkpoint import load_weights, save_weights
-from magvlt.config import PaletteConfig, VQConfig, load_json, save_json
+from magvlt.config import PaletteConfig, VQConfig, from_dict, save_json
 from magvlt.errors import UserError
 from magvlt.paths import CONFIG, WEIGHTS
 from magvlt.vq.model import VQGAN
@@ -56,8 +56,9 @@ def load_vq(directory: str | Path, device: str | torch.device = "cpu") -> VQGAN 
     if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
         raise UserError(f"{directory} is not a saved VQ-GAN (expected {CONFIG} and {WEIGHTS})")
     try:
-        palette = json.loads((directory / CONFIG).read_text()).get("arch") == "palette"
-        cfg = load_json(PaletteConfig if palette else VQConfig, directory / CONFIG)
+        data = json.loads((directory / CONFIG).read_text())
+        palette = data.get("arch") == "palette"
+        cfg = from_dict(PaletteConfig if palette else VQConfig, data)
     except (UserError, TypeError, AttributeError, json.JSONDecodeError) as e:
         raise UserError(f"{directory} does not hold a VQ-GAN config: {e}") from None
     model = PaletteTokenizer(cfg) if palette else VQGAN(cfg)

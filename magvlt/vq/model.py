@@ -319,15 +319,7 @@ class VQGAN(nn.Module):
                 raise UserError("float images must lie in [-1, 1]; uint8 images [B, H, W, 3] are also accepted")
             x = images.to(param.device, param.dtype)
         else:
-            if not (
-                isinstance(images, torch.Tensor)
-                and images.dtype == torch.uint8
-                and images.ndim == 4
-                and images.shape[-1] == 3
-            ):
-                images = torch.from_numpy(to_rgb_uint8(images.cpu() if isinstance(images, torch.Tensor) else images))
-                images = images[None] if images.ndim == 3 else images
-            x = images.to(param.device).permute(0, 3, 1, 2).to(param.dtype) / 127.5 - 1.0
+            x = uint8_batch(images).to(param.device).permute(0, 3, 1, 2).to(param.dtype) / 127.5 - 1.0
         f, (h, w) = self.factor, x.shape[-2:]
         if h % f or w % f or h == 0 or w == 0 or x.shape[0] == 0:
             raise UserError(
@@ -337,13 +329,7 @@ class VQGAN(nn.Module):
 
     def check_tokens(self, tokens, grid: tuple[int, int] | None) -> torch.Tensor:
         """Codes as a LongTensor [B, h, w] on the model's device; out-of-range or malformed codes are refused."""
-        codes = torch.as_tensor(tokens)
-        if codes.is_floating_point() or codes.dtype == torch.bool or codes.ndim not in (2, 3) or codes.numel() == 0:
-            raise UserError(
-                f"tokens must be a non-empty integer array [B, h, w] or [B, h*w], got {codes.dtype} {tuple(codes.shape)}"
-            )
-        if codes.min() < 0 or codes.max() >= self.cfg.n_embed:
-            raise UserError(f"tokens must lie in [0, {self.cfg.n_embed}), got [{int(codes.min())}, {int(codes.max())}]")
+        codes = checked_codes(tokens, self.cfg.n_embed)
         if codes.ndim == 2:
             n = codes.shape[1]
             if grid is None:
@@ -355,6 +341,26 @@ class VQGAN(nn.Module):
                 raise UserError(f"grid {tuple(grid)} does not hold {n} tokens")
             codes = codes.reshape(-1, *grid)
         return codes.to(self.quant_conv.weight.device, torch.long)
+
+
+def checked_codes(tokens, n_embed: int) -> torch.Tensor:
+    """Tokens as an integer tensor [B, h, w] or [B, h*w] with every code in [0, n_embed); anything else is refused."""
+    codes = torch.as_tensor(tokens)
+    if codes.is_floating_point() or codes.dtype == torch.bool or codes.ndim not in (2, 3) or codes.numel() == 0:
+        raise UserError(
+            f"tokens must be a non-empty integer array [B, h, w] or [B, h*w], got {codes.dtype} {tuple(codes.shape)}"
+        )
+    if codes.min() < 0 or codes.max() >= n_embed:
+        raise UserError(f"tokens must lie in [0, {n_embed}), got [{int(codes.min())}, {int(codes.max())}]")
+    return codes
+
+
+def uint8_batch(images) -> torch.Tensor:
+    """uint8 RGB images as a tensor [B, H, W, 3]: such a tensor as it is, anything else through `to_rgb_uint8`."""
+    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.ndim == 4 and images.shape[-1] == 3:
+        return images
+    images = torch.from_numpy(to_rgb_uint8(images.cpu() if isinstance(images, torch.Tensor) else images))
+    return images[None] if images.ndim == 3 else images
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

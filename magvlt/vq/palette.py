@@ -20,7 +20,7 @@ from torch import nn
 
 from magvlt.config import PaletteConfig
 from magvlt.errors import UserError
-from magvlt.vq.model import to_rgb_uint8, to_uint8
+from magvlt.vq.model import checked_codes, to_uint8, uint8_batch
 
 
 def _patches(images: torch.Tensor, p: int) -> torch.Tensor:
@@ -122,21 +122,15 @@ class PaletteTokenizer(nn.Module):
             images = to_uint8(images)
         elif isinstance(images, np.ndarray) and images.dtype.kind == "f":
             return self.to_input(torch.from_numpy(images))
-        if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.ndim == 4):
-            images = torch.from_numpy(to_rgb_uint8(images.cpu() if isinstance(images, torch.Tensor) else images))
-            images = images[None] if images.ndim == 3 else images
+        images = uint8_batch(images)
         p, (h, w) = self.cfg.patch, images.shape[1:3]
-        if h % p or w % p or h == 0 or w == 0 or images.shape[0] == 0 or images.shape[-1] != 3:
+        if h % p or w % p or h == 0 or w == 0 or images.shape[0] == 0:
             raise UserError(f"images must be non-empty RGB with sides divisible by {p} (the patch), got {h}x{w}")
         return images.to(self.palette.device).contiguous()
 
     def check_tokens(self, tokens, grid: tuple[int, int] | None) -> torch.Tensor:
         """Codes as a LongTensor [B, h, 2w] on the tokenizer's device; out-of-range or malformed codes are refused."""
-        codes = torch.as_tensor(tokens)
-        if codes.is_floating_point() or codes.dtype == torch.bool or codes.ndim not in (2, 3) or codes.numel() == 0:
-            raise UserError(f"tokens must be a non-empty integer array [B, h, 2w] or [B, N], got {tuple(codes.shape)}")
-        if codes.min() < 0 or codes.max() >= self.cfg.n_embed:
-            raise UserError(f"tokens must lie in [0, {self.cfg.n_embed}), got [{int(codes.min())}, {int(codes.max())}]")
+        codes = checked_codes(tokens, self.cfg.n_embed)
         if codes.ndim == 2:
             if grid is None or grid[0] * grid[1] != codes.shape[1]:
                 raise UserError(f"{codes.shape[1]} tokens per image need grid=(h, 2w) holding them, got {grid}")
