@@ -7,7 +7,6 @@ MixSel) -> evaluation on `val` and `novel` with the judge -> samples.png, refine
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import shutil
@@ -230,12 +229,13 @@ def evaluate_and_draw(cfg: DemoConfig, out: Path, model_dir: Path, scorer_dir: P
     from magvlt.checkpoint import atomic_write_text
     from magvlt.eval.run import evaluate, markdown
     from magvlt.pipeline import MAGVLTPipeline, save_preset
+    from magvlt.train.threads import threads_set
 
     save_preset(demo_preset(cfg), model_dir)
     copy_scorer(scorer_dir, model_dir)
     pipe = MAGVLTPipeline.from_pretrained(model_dir)
     metrics = {"train": _train_summary(model_dir)}
-    with _threads(metrics["train"].get("threads")):
+    with threads_set(metrics["train"].get("threads")):  # the count training last found faster here
         for split in ("val", "novel"):
             print(f"[demo] evaluating on {split} ...", flush=True)
             metrics[split] = evaluate(
@@ -248,19 +248,6 @@ def evaluate_and_draw(cfg: DemoConfig, out: Path, model_dir: Path, scorer_dir: P
     shutil.copy(model_dir / "loss.png", out / "loss.png")
     print(summary(metrics, out), flush=True)
     return metrics
-
-
-@contextlib.contextmanager
-def _threads(n: int | None):
-    """Evaluate on the thread count that training last found faster on this machine (None: as it is)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n or before)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def demo_preset(cfg: DemoConfig) -> Preset:

@@ -13,15 +13,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Runs the whole method on the built-in shapes world (about 20 minutes on 2 CPU "
         "cores). A second run reuses every finished stage unless --fresh is given.",
     )
-    from magvlt.demo import DemoConfig
+    from magvlt.demo import TOKENIZERS, DemoConfig
 
     d = DemoConfig()
     p.add_argument("--out", type=Path, default=d.out, help=f"output folder (default {d.out})")
     p.add_argument(
         "--minutes", type=float, default=d.minutes, help=f"training time of the transformer (default {d.minutes:g})"
     )
-    from magvlt.demo import TOKENIZERS
-
     p.add_argument(
         "--tokenizer",
         choices=TOKENIZERS,

@@ -30,7 +30,7 @@ from magvlt.model import Task, Transformer, check_architecture
 from magvlt.objectives import TASKS, mask_task, predict_masked, sample_task, trained_task_weights, training_loss
 from magvlt.precision import autocast, use_bf16
 from magvlt.train import dist, rundir
-from magvlt.train.threads import ThreadTuner
+from magvlt.train.threads import ThreadTuner, threads_set
 
 
 def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
@@ -268,63 +268,64 @@ def _train(
     wrapped.train()
     bar = _progress_bar(cfg, step, elapsed, progress and info.is_main)
     tuner = ThreadTuner() if cfg.tune_threads and info.device.type == "cpu" and info.world_size == 1 else None
-    threads = torch.get_num_threads()
-    try:
-        while step < cfg.steps:
-            started = time.monotonic()
-            if tuner:
-                tuner.before_step()
-            lr = lr_at(step, cfg, elapsed)
-            objective.cfg = objective_at(cfg.objective, progress_at(step, cfg, elapsed))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            metrics = _accumulate(wrapped, objective, next(stream), step, stream.micro_ids, cfg, info, bf16)
-            norm = nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
-            norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-            loss, elapsed = all_reduce_mean([metrics.pop("loss"), elapsed_before + time.monotonic() - t0], info)
-            time_up = cfg.max_minutes > 0 and elapsed > 60 * cfg.max_minutes
-            if not (math.isfinite(loss) and math.isfinite(norm)):
-                kept = (
-                    f"the last good checkpoint (step {last_saved}) is kept in {out}"
-                    if last_saved
-                    else "no checkpoint was written"
-                )
-                raise UserError(
-                    f"training diverged at step {step + 1}: loss {loss}, gradient norm {norm}; stopped, {kept}"
-                )
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if tuner:
-                tuner.after_step(time.monotonic() - started)
-            window.add({"loss": loss, **metrics, "grad_norm": norm})
-            bar.update(1 if cfg.schedule == "steps" else int(elapsed) - bar.n)
-            if step % cfg.log_every == 0 or step == cfg.steps or time_up:
-                seconds = time.monotonic() - window.start
-                record = {
-                    "step": step,
-                    **window.means(),
-                    "lr": lr,
-                    "precision": "bf16" if bf16 else "fp32",
-                    "tokens_per_s": tokens_per_step * window.n / seconds,
-                    # CPU time this process got, per thread and second: well under 1 when other work shares the cores
-                    "cpu_share": (time.process_time() - window.cpu) / (seconds * torch.get_num_threads()),
-                    "elapsed": elapsed,
-                    **({"threads": tuner.current} if tuner else {}),
-                }
-                if info.is_main:
-                    rundir.append_metrics(out, record)
-                bar.set_postfix(step=step, loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                window = _Means()
-            if step % cfg.ckpt_every == 0 or step == cfg.steps or time_up:
-                checkpoint()
-                last_saved = step
-            if time_up:
-                _say(info, f"time budget of {cfg.max_minutes:g} min spent: stopped at step {step} with a checkpoint")
-                break
-    finally:
-        bar.close()
-        torch.set_num_threads(threads)
+    with threads_set():  # the tuner changes the count; the caller gets its own back
+        try:
+            while step < cfg.steps:
+                started = time.monotonic()
+                if tuner:
+                    tuner.before_step()
+                lr = lr_at(step, cfg, elapsed)
+                objective.cfg = objective_at(cfg.objective, progress_at(step, cfg, elapsed))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                metrics = _accumulate(wrapped, objective, next(stream), step, stream.micro_ids, cfg, info, bf16)
+                norm = nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
+                norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+                loss, elapsed = all_reduce_mean([metrics.pop("loss"), elapsed_before + time.monotonic() - t0], info)
+                time_up = cfg.max_minutes > 0 and elapsed > 60 * cfg.max_minutes
+                if not (math.isfinite(loss) and math.isfinite(norm)):
+                    kept = (
+                        f"the last good checkpoint (step {last_saved}) is kept in {out}"
+                        if last_saved
+                        else "no checkpoint was written"
+                    )
+                    raise UserError(
+                        f"training diverged at step {step + 1}: loss {loss}, gradient norm {norm}; stopped, {kept}"
+                    )
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                if tuner:
+                    tuner.after_step(time.monotonic() - started)
+                window.add({"loss": loss, **metrics, "grad_norm": norm})
+                bar.update(1 if cfg.schedule == "steps" else int(elapsed) - bar.n)
+                if step % cfg.log_every == 0 or step == cfg.steps or time_up:
+                    seconds = time.monotonic() - window.start
+                    record = {
+                        "step": step,
+                        **window.means(),
+                        "lr": lr,
+                        "precision": "bf16" if bf16 else "fp32",
+                        "tokens_per_s": tokens_per_step * window.n / seconds,
+                        # CPU time this process got, per thread and second: well under 1 when other work shares the cores
+                        "cpu_share": (time.process_time() - window.cpu) / (seconds * torch.get_num_threads()),
+                        "elapsed": elapsed,
+                        **({"threads": tuner.current} if tuner else {}),
+                    }
+                    if info.is_main:
+                        rundir.append_metrics(out, record)
+                    bar.set_postfix(step=step, loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                    window = _Means()
+                if step % cfg.ckpt_every == 0 or step == cfg.steps or time_up:
+                    checkpoint()
+                    last_saved = step
+                if time_up:
+                    _say(
+                        info, f"time budget of {cfg.max_minutes:g} min spent: stopped at step {step} with a checkpoint"
+                    )
+                    break
+        finally:
+            bar.close()
     _say(info, f"run saved in {out} at step {step}")
     return out
 

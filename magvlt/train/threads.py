@@ -7,6 +7,7 @@ for each other while the OS runs someone else on their core lose more than the c
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 
 import torch
@@ -44,3 +45,14 @@ class ThreadTuner:
             if statistics.median(self.probed) < statistics.median(self.recent):
                 self.current, self.recent = self.other, self.probed
             self.probed, self.since = [], 0
+
+
+@contextlib.contextmanager
+def threads_set(n: int | None = None):
+    """Run the block on n intra-op threads (None: as it is) and give the previous count back afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
