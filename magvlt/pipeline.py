@@ -35,7 +35,7 @@ from magvlt.masking import Generators
 from magvlt.model import Transformer, check_architecture
 from magvlt.official.text import OfficialTokenizer
 from magvlt.official.vq import official_input, official_uint8
-from magvlt.rerank import Scorer, best_of, load_scorer
+from magvlt.rerank import Scorer, best_of, load_scorer, standardized
 from magvlt.schedulers import Preset, get_preset
 
 MASK_MARKER = "[MASK]"
@@ -297,14 +297,24 @@ class MAGVLTPipeline:
     def _chunks(n: int, per_chunk: int) -> list[slice]:
         return [slice(lo, min(n, lo + per_chunk)) for lo in range(0, n, max(1, per_chunk))]
 
-    def _best(self, out: sampling.Sample, n: int, pixels: np.ndarray, texts: list[str]):
-        """Keep the best of every n consecutive candidates: by the scorer if any, else by mean log-probability."""
+    def _best(self, out: sampling.Sample, n: int, pixels: np.ndarray, texts: list[str], channel=None):
+        """Keep the best of every n consecutive candidates: by the scorer if any, else by mean log-probability; with
+        `channel` (weight, log p(image | text) [B * n]) plus that weight times it, both standardized per input."""
         if n == 1:
             return out, pixels, texts
         scores = self._scores(pixels, texts).to(out.score.device) if self.scorer is not None else out.score
+        if channel is not None:
+            weight, loglik = channel
+            scores = standardized(scores, n) + weight * standardized(loglik.to(scores.device), n)
         rows = best_of(scores, n)
         picked = rows.cpu().tolist()
         return out.select(rows), pixels[picked], [texts[i] for i in picked]
+
+    def _channel(self, preset: Preset, k: int, codes: torch.Tensor, out: sampling.Sample):
+        """(weight, log p(image | caption)) of text candidates for noisy-channel reranking, when the preset asks."""
+        if preset.text_channel <= 0 or k == 1 or self.cfg.causal:
+            return None
+        return preset.text_channel, sampling.image_log_likelihood(self.model, codes, out.text, out.length)
 
     def _scores(self, pixels: np.ndarray, texts: list[str]) -> torch.Tensor:
         """The scorer's similarities; an empty caption (a barely trained model writes some) is not scored and loses."""
@@ -419,7 +429,8 @@ class MAGVLTPipeline:
                     trace=output_intermediates,
                     callback=self._callback(callback_on_step_end, sl),
                 )
-            out, _, written = self._best(out, k, pixels[sl].repeat(k, axis=0), self.decode_texts(out))
+            channel = self._channel(preset, k, codes_k, out)
+            out, _, written = self._best(out, k, pixels[sl].repeat(k, axis=0), self.decode_texts(out), channel)
             texts += written
             frames += self._text_frames(out) if output_intermediates else []
         return TextPipelineOutput(texts, frames if output_intermediates else None)
@@ -512,9 +523,10 @@ class MAGVLTPipeline:
         k = _candidates(num_candidates, preset.text_candidates)
         pixels, codes = self.encode_images(images)
         ids, lengths, span = self.encode_masked_text(texts)
+        codes_k = codes.repeat_interleave(k, 0)
         out = sampling.infill(
             self.model,
-            codes.repeat_interleave(k, 0),
+            codes_k,
             ids.repeat_interleave(k, 0),
             lengths.repeat_interleave(k, 0),
             span.repeat_interleave(k, 0),
@@ -524,7 +536,8 @@ class MAGVLTPipeline:
             trace=output_intermediates,
             callback=self._callback(callback_on_step_end, slice(0, len(images))),
         )
-        out, _, written = self._best(out, k, pixels.repeat(k, axis=0), self.decode_texts(out))
+        channel = self._channel(preset, k, codes_k, out)
+        out, _, written = self._best(out, k, pixels.repeat(k, axis=0), self.decode_texts(out), channel)
         return TextPipelineOutput(written, self._text_frames(out) if output_intermediates else None)
 
     def generate_pairs(

@@ -157,6 +157,18 @@ class OpenClipScorer:
         return (img * txt).sum(dim=-1)
 
 
+def standardized(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """Scores [B * n] shifted and scaled to mean 0 and deviation 1 within each consecutive group of n candidates
+    (over its finite scores; -inf, a candidate that must lose, stays -inf), so that two rankers can be added."""
+    groups = scores.view(-1, n).float()
+    finite = groups.isfinite()
+    count = finite.sum(dim=1, keepdim=True).clamp(min=1)
+    mean = groups.where(finite, 0.0).sum(dim=1, keepdim=True) / count
+    var = ((groups - mean).where(finite, 0.0) ** 2).sum(dim=1, keepdim=True) / count
+    z = (groups - mean) / (var.sqrt() + 1e-6)
+    return z.where(finite, float("-inf")).flatten()
+
+
 def best_of(scores: torch.Tensor, n: int) -> torch.Tensor:
     """Row indices of the best of each consecutive group of n candidates: scores [B * n] -> [B]."""
     groups = scores.view(-1, n)

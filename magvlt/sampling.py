@@ -219,6 +219,27 @@ def inpaint(
 
 
 @torch.no_grad()
+@torch.no_grad()
+def image_log_likelihood(
+    model: Transformer, image: torch.Tensor, text: torch.Tensor, length: torch.Tensor
+) -> torch.Tensor:
+    """log p(image | text) [B] by T2I read in one step: the summed log-probabilities of the codes [B, N_I] with
+    every image position masked, given raw text ids [B, L] and lengths (the channel model of noisy-channel
+    reranking: a caption that puts the objects in the wrong places makes the image unlikely)."""
+    masked = torch.ones_like(image, dtype=torch.bool)
+    given = torch.zeros_like(text, dtype=torch.bool)
+    states, segs = _official_forward(
+        model,
+        TokenState(image, masked, masked, torch.zeros(image.shape, device=image.device)),
+        TokenState(text, given, given, torch.zeros(text.shape, device=text.device)),
+        length,
+        Task.T2I,
+        None,
+    )
+    logp = model.image_logits(states["main"][:, segs.image]).float().log_softmax(dim=-1)
+    return logp.gather(-1, image.unsqueeze(-1)).squeeze(-1).sum(dim=1)
+
+
 def length_logits(model: Transformer, image: torch.Tensor) -> torch.Tensor:
     """Logits [B, L] over text lengths 1..L at <BOT>, the text fed all <MASK> as in training (Sec. 3.2)."""
     _check_magvlt(model)

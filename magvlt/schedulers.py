@@ -274,6 +274,10 @@ class Preset:
     text: MaskPredictScheduler = field(default_factory=MaskPredictScheduler)
     image_candidates: int = 1
     text_candidates: int = 1
+    # > 0: text candidates are ranked by the scorer's similarity (else their mean log-probability) plus this weight
+    # times the model's own log p(image | caption) (`sampling.image_log_likelihood`), each standardized over the
+    # candidates of an input: noisy-channel reranking, for the binding of words to places that the scorer misses
+    text_channel: float = 0.0
 
     def greedy(self) -> Preset:
         """The same preset with argmax tokens, no confidence noise and deterministic re-masking."""

@@ -118,6 +118,32 @@ def test_candidates_keep_the_best_by_scorer(pipe):
         assert np.array_equal(np.asarray(image), group[group[..., 0].mean(axis=(1, 2)).argmax()])
 
 
+def test_text_channel_adds_the_models_image_likelihood_to_the_ranking(pipe, images, monkeypatch):
+    """With text_channel > 0 the kept caption is the best by standardized scorer + weight x log p(image | caption):
+    with a scorer that ties every candidate, the one whose caption makes the image most likely."""
+    from magvlt import sampling
+
+    class Tie:
+        def score(self, images, captions):
+            return torch.zeros(len(captions))
+
+    seen = {}
+    real = sampling.image_log_likelihood
+
+    def spy(model, image, text, length):
+        seen["loglik"], seen["text"], seen["length"] = real(model, image, text, length), text.clone(), length.clone()
+        return seen["loglik"]
+
+    monkeypatch.setattr(sampling, "image_log_likelihood", spy)
+    monkeypatch.setattr(pipe, "scorer", Tie())
+    preset = get_preset("default")
+    preset = dataclasses.replace(preset, text_channel=1.0, text=dataclasses.replace(preset.text, temperature=1.0))
+    written = pipe.caption(images[:1], num_inference_steps=2, num_candidates=4, preset=preset, generator=_gen(0)).texts
+    best = int(seen["loglik"].argmax())
+    assert seen["loglik"].shape == (4,) and best != 0  # the scorer's tie alone would keep the first
+    assert written == pipe.tokenizer.decode(seen["text"][best : best + 1], seen["length"][best : best + 1])
+
+
 def test_reranking_never_scores_or_keeps_an_empty_caption(pipe, images, monkeypatch):
     class Length:
         def score(self, images, captions):

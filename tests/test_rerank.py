@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from magvlt.data.shapes import render_split
 from magvlt.errors import UserError
-from magvlt.rerank import ContrastiveConfig, OpenClipScorer, best_of, load_scorer
+from magvlt.rerank import ContrastiveConfig, OpenClipScorer, best_of, load_scorer, standardized
 from magvlt.text import CaptionBPE
 from magvlt.train.clip import train_clip
 
@@ -16,6 +16,14 @@ def test_best_of_picks_the_highest_score_in_each_group():
     scores = torch.tensor([0.1, 0.9, 0.3, 0.5, 0.2, 0.4])
     assert best_of(scores, 3).tolist() == [1, 3]
     assert best_of(scores, 1).tolist() == list(range(6))
+
+
+def test_standardized_scores_have_mean_0_and_deviation_1_per_group_and_losers_stay_losers():
+    scores = torch.tensor([1.0, 2.0, 3.0, -50.0, float("-inf"), -48.0])
+    z = standardized(scores, 3)
+    assert torch.allclose(z[:3], torch.tensor([-1.0, 0.0, 1.0]) * 1.5**0.5, atol=1e-5)
+    assert z[4] == float("-inf") and torch.allclose(z[[3, 5]], torch.tensor([-1.0, 1.0]), atol=1e-5)
+    assert best_of(standardized(scores, 3) + 0.5 * standardized(-scores.nan_to_num(neginf=0.0), 3), 3).tolist() == [2, 5]
 
 
 class FakeClip(torch.nn.Module):

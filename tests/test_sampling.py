@@ -355,3 +355,24 @@ def test_official_counts_follow_the_released_float32_arithmetic():
         3,
         0,
     ]
+
+
+def test_image_log_likelihood_is_the_t2i_loss_of_a_fully_masked_image():
+    """The channel score of noisy-channel reranking agrees with the training objective's own T2I forward."""
+    from magvlt.objectives import mask_task, predict_masked
+
+    model, image = _model(), _image()
+    text, length = _text()
+    text = torch.where(torch.arange(CFG.text_len) < length[:, None], text, model.eos)
+    loglik = sampling.image_log_likelihood(model, image, text, length)
+    g = _gen()
+    ex = mask_task(Task.T2I, model.vocab, image, text, length, g)
+    full = dataclasses.replace(
+        ex, image=torch.full_like(image, model.vocab.MASK), image_mask=torch.ones_like(ex.image_mask)
+    )
+    with torch.no_grad():
+        logits = predict_masked(model, full, label_smoothing=0.0).image_logits.log_softmax(dim=-1)
+    expected = logits.gather(-1, image.flatten()[:, None]).view_as(image).sum(dim=1)
+    assert torch.allclose(loglik, expected, atol=1e-4)
+    other = image.roll(1, dims=0)
+    assert not torch.allclose(sampling.image_log_likelihood(model, other, text, length), loglik)
