@@ -103,6 +103,10 @@ class ObjectiveConfig:
     # curriculum: the share of training (of the steps, or of the time budget) before UnrollMask and MixSel join;
     # until then each update is plain mask prediction at a third of the cost (0: from the start, as in the paper)
     extras_from: float = 0.0
+    # curriculum: T2I : I2T : IT2IT weights for the first `curriculum_until` share of training (None: task_weights
+    # throughout); the demo reads before it writes, (0, 1, 0) for its first quarter
+    curriculum_weights: tuple[float, float, float] | None = None
+    curriculum_until: float = 0.0
     cond_dropout: float = (
         0.0  # fraction of samples whose condition is replaced by the null one (classifier-free guidance)
     )

@@ -22,6 +22,7 @@ def test_demo_runs_every_stage_writes_its_outputs_and_reuses_the_cache(tmp_path,
         n_train=256,
         n_eval=3,
         candidates=2,
+        caption_candidates=3,
         progress=False,
     )
     metrics = run_demo(cfg)
@@ -34,13 +35,18 @@ def test_demo_runs_every_stage_writes_its_outputs_and_reuses_the_cache(tmp_path,
         for task in ("t2i", "i2t", "inpaint", "infill"):
             assert metrics[split][task]["judge"]["n"] == 3
         assert 0 <= metrics[split]["i2t"]["repeats"] <= 100
-        assert metrics[split]["rerank"] == {"image_candidates": 2, "text_candidates": 2, "by": "contrastive scorer"}
+        assert metrics[split]["rerank"] == {
+            "image_candidates": 2,
+            "text_candidates": 3,
+            "by": "contrastive scorer (captions: + 0.5 x the model's log p(image | caption))",
+        }
     assert metrics["train"]["step"] >= 1
     pipe = MAGVLTPipeline.from_pretrained(out / "model")  # samples as the demo judged: its preset and scorer
-    assert pipe.preset.image_candidates == 2 and pipe.preset.text.temperature == 0.5 and pipe.scorer is not None
+    assert pipe.preset.image_candidates == 2 and pipe.preset.text_candidates == 3 and pipe.preset.text_channel == 0.5
+    assert pipe.preset.text.temperature == 0.5 and pipe.scorer is not None
     first = capsys.readouterr().out
     assert "MAGVLT: " in first and " updates in " in first and "of the CPU time of its threads" in first
-    assert "T2I exact" in first and "best of 2 by the contrastive scorer" in first and "green frame" in first
+    assert "T2I exact" in first and "best of 2/3 by the contrastive scorer" in first and "green frame" in first
 
     weights = (out / "model" / "model.safetensors").stat().st_mtime_ns
     run_demo(cfg)
@@ -49,7 +55,9 @@ def test_demo_runs_every_stage_writes_its_outputs_and_reuses_the_cache(tmp_path,
     assert (out / "model" / "model.safetensors").stat().st_mtime_ns == weights
 
 
-@pytest.mark.parametrize("argv", [["--candidates", "0"], ["--temperature", "-1"], ["--minutes", "0"]])
+@pytest.mark.parametrize(
+    "argv", [["--candidates", "0"], ["--caption-candidates", "0"], ["--temperature", "-1"], ["--minutes", "0"]]
+)
 def test_demo_cli_refuses_bad_options_with_exit_code_2(argv, tmp_path):
     from magvlt.cli import main
 
@@ -84,12 +92,16 @@ def test_demo_training_config_is_the_paper_recipe_at_the_demo_size():
     assert demo_train_config(demo, 300, "tiny-ar").model.causal
     timed = demo_train_config(demo)  # the demo itself: a wall-time budget, the learning rate decayed over it
     assert (timed.schedule, timed.max_minutes) == ("time", demo.minutes)
-    # ...with UnrollMask and MixSel joining after the first part of that budget (a curriculum) and the demo's task
-    # mix, the rest the same
+    # ...with I2T alone first, UnrollMask and MixSel joining after the first part of that budget (a curriculum) and
+    # the demo's task mix, the rest the same
     assert timed.objective == dataclasses.replace(
-        cfg.objective, extras_from=demo.extras_from, task_weights=demo.task_weights
+        cfg.objective,
+        extras_from=demo.extras_from,
+        task_weights=demo.task_weights,
+        curriculum_weights=(0.0, 1.0, 0.0),
+        curriculum_until=demo.read_first,
     )
-    assert 0 < demo.extras_from < 1 and all(w > 0 for w in demo.task_weights)
+    assert 0 < demo.read_first < demo.extras_from < 1 and all(w > 0 for w in demo.task_weights)
 
 
 def test_reproduce_tables_show_mean_and_spread_over_seeds():

@@ -23,7 +23,10 @@ def test_standardized_scores_have_mean_0_and_deviation_1_per_group_and_losers_st
     z = standardized(scores, 3)
     assert torch.allclose(z[:3], torch.tensor([-1.0, 0.0, 1.0]) * 1.5**0.5, atol=1e-5)
     assert z[4] == float("-inf") and torch.allclose(z[[3, 5]], torch.tensor([-1.0, 1.0]), atol=1e-5)
-    assert best_of(standardized(scores, 3) + 0.5 * standardized(-scores.nan_to_num(neginf=0.0), 3), 3).tolist() == [2, 5]
+    assert best_of(standardized(scores, 3) + 0.5 * standardized(-scores.nan_to_num(neginf=0.0), 3), 3).tolist() == [
+        2,
+        5,
+    ]
 
 
 class FakeClip(torch.nn.Module):

@@ -75,6 +75,13 @@ def test_curriculum_adds_unroll_mask_and_mix_select_from_extras_from_on():
     assert progress_at(3, timed, elapsed=30.0) == pytest.approx(0.25) and progress_at(3, timed, elapsed=999) == 1.0
 
 
+def test_curriculum_weights_set_the_tasks_until_curriculum_until():
+    cfg = ObjectiveConfig(curriculum_weights=(0.0, 1.0, 0.0), curriculum_until=0.25, extras_from=0.5)
+    first, then = objective_at(cfg, 0.2), objective_at(cfg, 0.25)
+    assert first.task_weights == (0.0, 1.0, 0.0) and (first.unroll_mask, first.mix) == (False, "off")
+    assert then.task_weights == cfg.task_weights and objective_at(cfg, 0.5) == cfg
+
+
 def test_training_run_takes_the_extra_terms_only_after_extras_from(tmp_path):
     data = write_synthetic(tmp_path / "data", n=64)
     cfg = tiny_config(steps=20, warmup_steps=2, log_every=1)
@@ -84,6 +91,9 @@ def test_training_run_takes_the_extra_terms_only_after_extras_from(tmp_path):
     assert with_extras == list(range(12, 21)) and all("t2i/mask" in r for r in records)
     cfg.objective.extras_from = 1.5
     with pytest.raises(UserError, match="extras_from"):
+        train(cfg, data, tmp_path / "bad", progress=False)
+    cfg.objective.extras_from, cfg.objective.curriculum_until = 0.5, -0.1
+    with pytest.raises(UserError, match="curriculum_until"):
         train(cfg, data, tmp_path / "bad", progress=False)
 
 

@@ -42,7 +42,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--candidates",
         type=int,
         default=d.candidates,
-        help=f"samples per input in the evaluation, the contrastive scorer keeps the best (default {d.candidates}; 1: no reranking)",
+        help=f"images per caption in the evaluation, the contrastive scorer keeps the best (default {d.candidates}; 1: no reranking)",
+    )
+    p.add_argument(
+        "--caption-candidates",
+        type=int,
+        default=d.caption_candidates,
+        help=f"captions per image, the best by the scorer and the model's own image likelihood is kept "
+        f"(default {d.caption_candidates}; 1: no reranking)",
     )
     p.add_argument(
         "--temperature",
@@ -61,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
     if min(args.minutes, args.vq_minutes, args.clip_minutes) <= 0 or args.n_train < 256 or args.n_eval < 2:
         raise UserError("minutes must be positive, --n-train >= 256 and --n-eval >= 2")
-    if args.candidates < 1 or args.temperature < 0:
-        raise UserError("--candidates must be >= 1 and --temperature >= 0")
+    if min(args.candidates, args.caption_candidates) < 1 or args.temperature < 0:
+        raise UserError("--candidates and --caption-candidates must be >= 1 and --temperature >= 0")
     run_demo(
         DemoConfig(
             out=args.out,
@@ -73,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             n_train=args.n_train,
             n_eval=args.n_eval,
             candidates=args.candidates,
+            caption_candidates=args.caption_candidates,
             temperature=args.temperature,
             seed=args.seed,
             fresh=args.fresh,

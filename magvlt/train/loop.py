@@ -50,7 +50,10 @@ def progress_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
 
 
 def objective_at(cfg: ObjectiveConfig, progress: float) -> ObjectiveConfig:
-    """The objective of an update at `progress`: without UnrollMask and MixSel before cfg.extras_from."""
+    """The objective of an update at `progress`: the curriculum's task weights before cfg.curriculum_until, and
+    without UnrollMask and MixSel before cfg.extras_from."""
+    if cfg.curriculum_weights is not None and progress < cfg.curriculum_until:
+        cfg = dataclasses.replace(cfg, task_weights=tuple(cfg.curriculum_weights))
     if progress >= cfg.extras_from:
         return cfg
     return dataclasses.replace(cfg, unroll_mask=False, mix="off")
@@ -98,8 +101,11 @@ def _check_config(cfg: TrainConfig, world_size: int) -> None:
         raise UserError("steps, grad_accum, log_every and ckpt_every must be >= 1 and warmup_steps >= 0")
     if cfg.schedule not in ("steps", "time") or (cfg.schedule == "time" and cfg.max_minutes <= 0):
         raise UserError(f"schedule must be 'steps' or 'time' (with max_minutes > 0), got {cfg.schedule!r}")
-    if not 0 <= cfg.objective.extras_from <= 1:
-        raise UserError(f"objective.extras_from must be a share of training in [0, 1], got {cfg.objective.extras_from}")
+    for name in ("extras_from", "curriculum_until"):
+        if not 0 <= getattr(cfg.objective, name) <= 1:
+            raise UserError(
+                f"objective.{name} must be a share of training in [0, 1], got {getattr(cfg.objective, name)}"
+            )
     if cfg.batch_size % (world_size * cfg.grad_accum):
         raise UserError(
             f"batch_size {cfg.batch_size} must be divisible by ranks x grad_accum = {world_size} x {cfg.grad_accum}"
