@@ -25,6 +25,9 @@ from magvlt.schedulers import get_preset
 FIX = Path(__file__).parent / "fixtures" / "official"
 RECORD = json.loads((FIX / "outputs.json").read_text())
 GREEDY = ["--preset", "official", "--greedy", "--candidates", "1"]
+# logits match the official code's to float32 summation order: the fixtures came from an AVX2 CPU, an AVX-512
+# Xeon differs by up to 3e-5; a wrong layout or weight differs by orders of magnitude more
+ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +91,7 @@ def test_t2i_image_logits(pipe, out, prompts):
             Task.T2I, out["codes"], out["t2i_img_mask"], ids, torch.zeros_like(ids, dtype=torch.bool), lengths
         )
         logits = pipe.model.image_logits(h[:, official_segments(Task.T2I, pipe.cfg).image])
-    torch.testing.assert_close(logits, out["t2i_logits"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits, out["t2i_logits"], atol=ATOL, rtol=0)
 
 
 def test_i2t_text_logits(pipe, out, prompts):
@@ -100,18 +103,18 @@ def test_i2t_text_logits(pipe, out, prompts):
         )
         logits = pipe.model.text_logits(h[:, official_segments(Task.I2T, pipe.cfg).text])
     torch.testing.assert_close(
-        logits[..., :: RECORD["i2t_logits_probe_stride"]], out["i2t_logits_strided"], atol=1e-5, rtol=0
+        logits[..., :: RECORD["i2t_logits_probe_stride"]], out["i2t_logits_strided"], atol=ATOL, rtol=0
     )
     top = logits.topk(out["i2t_logits_top_values"].shape[-1], dim=-1)
-    torch.testing.assert_close(top.values, out["i2t_logits_top_values"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(top.values, out["i2t_logits_top_values"], atol=ATOL, rtol=0)
     assert torch.equal(top.indices, out["i2t_logits_top_ids"])
-    torch.testing.assert_close(torch.logsumexp(logits, -1), out["i2t_logits_logsumexp"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.logsumexp(logits, -1), out["i2t_logits_logsumexp"], atol=ATOL, rtol=0)
 
 
 def test_length_logits(pipe, out):
     assert LENGTH_QUERY == 16
     torch.testing.assert_close(
-        sampling.length_logits(pipe.model, out["codes"]), out["length_logits"], atol=1e-5, rtol=0
+        sampling.length_logits(pipe.model, out["codes"]), out["length_logits"], atol=ATOL, rtol=0
     )
 
 
