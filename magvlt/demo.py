@@ -272,11 +272,8 @@ def demo_preset(cfg: DemoConfig) -> Preset:
     preset = get_preset("demo")
     preset.image = dataclasses.replace(preset.image, temperature=cfg.temperature)
     preset.text = dataclasses.replace(preset.text, temperature=cfg.temperature)
-    preset.image_candidates, preset.text_candidates, preset.text_channel = (
-        cfg.candidates,
-        cfg.caption_candidates,
-        cfg.text_channel,
-    )
+    preset.image_candidates, preset.text_candidates = cfg.candidates, cfg.caption_candidates
+    preset.text_channel = cfg.text_channel
     return preset
 
 

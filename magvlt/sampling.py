@@ -219,7 +219,6 @@ def inpaint(
 
 
 @torch.no_grad()
-@torch.no_grad()
 def image_log_likelihood(
     model: Transformer, image: torch.Tensor, text: torch.Tensor, length: torch.Tensor
 ) -> torch.Tensor:
@@ -240,6 +239,7 @@ def image_log_likelihood(
     return logp.gather(-1, image.unsqueeze(-1)).squeeze(-1).sum(dim=1)
 
 
+@torch.no_grad()
 def length_logits(model: Transformer, image: torch.Tensor) -> torch.Tensor:
     """Logits [B, L] over text lengths 1..L at <BOT>, the text fed all <MASK> as in training (Sec. 3.2)."""
     _check_magvlt(model)

@@ -374,5 +374,8 @@ def test_image_log_likelihood_is_the_t2i_loss_of_a_fully_masked_image():
         logits = predict_masked(model, full, label_smoothing=0.0).image_logits.log_softmax(dim=-1)
     expected = logits.gather(-1, image.flatten()[:, None]).view_as(image).sum(dim=1)
     assert torch.allclose(loglik, expected, atol=1e-4)
+    assert (
+        not loglik.requires_grad and not sampling.length_logits(model, image).requires_grad
+    )  # decoding builds no graph
     other = image.roll(1, dims=0)
     assert not torch.allclose(sampling.image_log_likelihood(model, other, text, length), loglik)
