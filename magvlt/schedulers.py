@@ -310,12 +310,21 @@ PRESETS: dict[str, Preset] = {
         image_candidates=32,
         text_candidates=64,
     ),
-    # `magvlt demo`: temperature 0.5 for both and the scorer's best of 4 (README, "What `magvlt demo` does")
+    # `magvlt demo` (README, "What `magvlt demo` does"), for its 32-token images and ~14-token captions. Images:
+    # more steps, a low temperature and no confidence noise, so that the last, least certain codes (an object's
+    # patches) are fixed a few at a time and see each other: 32 steps at 0.3 judged one sample right 73.4% of the
+    # time against 61.5% for 10 steps at 0.5 with noise 4.5 (a 3,826-update model); on a 3,998-update model the
+    # scorer's best of 4 judged 98.0% in 32 steps, 95.0% in 16, which take half the time. Captions: 16 drawn at
+    # temperature 1, ranked by the scorer plus half the model's own log p(image | caption) (noisy channel: the
+    # scorer misses which object is where, T2I's likelihood does not): 93.0% in 8 steps as in 12, best of 8 82.5%;
+    # nucleus 0.9 keeps malformed words out (val / novel 92.0 / 84.0% with 0 / 1% outside the grammar, against
+    # 90.5 / 77.0% with 0.5 / 11%)
     "demo": Preset(
-        image=MaskGITScheduler(temperature=0.5),
-        text=MaskPredictScheduler(temperature=0.5),
+        image=MaskGITScheduler(num_inference_steps=16, temperature=0.3, noise=0.0),
+        text=MaskPredictScheduler(num_inference_steps=8, temperature=1.0, top_p=0.9),
         image_candidates=4,
-        text_candidates=4,
+        text_candidates=16,
+        text_channel=0.5,
     ),
 }
 

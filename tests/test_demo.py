@@ -6,10 +6,11 @@ import json
 import pytest
 
 from magvlt.config import TRAIN_PRESETS, preset
-from magvlt.demo import DemoConfig, demo_train_config, run_demo
+from magvlt.demo import DemoConfig, demo_preset, demo_train_config, run_demo
 from magvlt.errors import UserError
 from magvlt.pipeline import MAGVLTPipeline
 from magvlt.reproduce import TABLES, GridConfig, Run, tables, tokenizer_id
+from magvlt.schedulers import get_preset
 
 
 @pytest.mark.slow
@@ -43,7 +44,7 @@ def test_demo_runs_every_stage_writes_its_outputs_and_reuses_the_cache(tmp_path,
     assert metrics["train"]["step"] >= 1
     pipe = MAGVLTPipeline.from_pretrained(out / "model")  # samples as the demo judged: its preset and scorer
     assert pipe.preset.image_candidates == 2 and pipe.preset.text_candidates == 3 and pipe.preset.text_channel == 0.5
-    assert pipe.preset.text.temperature == 0.5 and pipe.scorer is not None
+    assert pipe.preset.text == get_preset("demo").text and pipe.scorer is not None
     first = capsys.readouterr().out
     assert "MAGVLT: " in first and " updates in " in first and "of the CPU time of its threads" in first
     assert "T2I exact" in first and "best of 2/3 by the contrastive scorer" in first and "green frame" in first
@@ -63,6 +64,22 @@ def test_demo_cli_refuses_bad_options_with_exit_code_2(argv, tmp_path):
 
     assert main(["demo", "--out", str(tmp_path / "demo"), *argv]) == 2
     assert not (tmp_path / "demo").exists()
+
+
+def test_the_demo_samples_with_the_demo_preset_unless_the_config_overrides_it(capsys):
+    from magvlt.cli import main
+
+    rules = get_preset("demo")
+    assert demo_preset(DemoConfig()) == rules
+    changed = demo_preset(DemoConfig(candidates=2, caption_candidates=3, temperature=0.7))
+    assert (changed.image_candidates, changed.text_candidates) == (2, 3)
+    assert changed.image == dataclasses.replace(rules.image, temperature=0.7)
+    assert changed.text == dataclasses.replace(rules.text, temperature=0.7)
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # the help names the preset's numbers without importing it
+    assert f"demo preset's, {rules.image_candidates};" in shown and f"demo preset's, {rules.text_candidates};" in shown
+    assert f"{rules.image.temperature:g} for images and {rules.text.temperature:g} for captions" in shown
 
 
 def test_an_unknown_tokenizer_is_refused_before_any_work(tmp_path, capsys):

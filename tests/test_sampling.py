@@ -288,9 +288,9 @@ def test_greedy_rules_are_deterministic_whatever_the_generator():
 
 def test_presets_are_printable_copies_that_refuse_bad_fields():
     demo = get_preset("demo")
-    assert "temperature=0.5" in repr(demo) and demo.image_candidates == 4
+    assert "temperature=0.3" in repr(demo) and demo.image_candidates == 4
     demo.image.temperature = 2.0
-    assert get_preset("demo").image.temperature == 0.5  # a copy, never the registry's object
+    assert get_preset("demo").image.temperature == 0.3  # a copy, never the registry's object
     assert set(PRESETS) >= {"default", "paper", "official", "demo"}
     with pytest.raises(UserError, match="choose one of"):
         get_preset("fastest")

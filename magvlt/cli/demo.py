@@ -41,21 +41,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--candidates",
         type=int,
-        default=d.candidates,
-        help=f"images per caption in the evaluation, the contrastive scorer keeps the best (default {d.candidates}; 1: no reranking)",
+        help="images per caption in the evaluation, the contrastive scorer keeps the best (default: the demo "
+        "preset's, 4; 1: no reranking)",
     )
     p.add_argument(
         "--caption-candidates",
         type=int,
-        default=d.caption_candidates,
-        help=f"captions per image, the best by the scorer and the model's own image likelihood is kept "
-        f"(default {d.caption_candidates}; 1: no reranking)",
+        help="captions per image, the best by the scorer and the model's own image likelihood is kept (default: the "
+        "demo preset's, 16; 1: no reranking)",
     )
     p.add_argument(
         "--temperature",
         type=float,
-        default=d.temperature,
-        help=f"sampling temperature of the evaluation (default {d.temperature:g})",
+        help="one sampling temperature for images and captions (default: the demo preset's, 0.3 for images and 1 "
+        "for captions)",
     )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--fresh", action="store_true", help="rebuild every stage instead of reusing the cache")
@@ -68,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
     if min(args.minutes, args.vq_minutes, args.clip_minutes) <= 0 or args.n_train < 256 or args.n_eval < 2:
         raise UserError("minutes must be positive, --n-train >= 256 and --n-eval >= 2")
-    if min(args.candidates, args.caption_candidates) < 1 or args.temperature < 0:
+    counts = [c for c in (args.candidates, args.caption_candidates) if c is not None]
+    if min(counts, default=1) < 1 or (args.temperature is not None and args.temperature < 0):
         raise UserError("--candidates and --caption-candidates must be >= 1 and --temperature >= 0")
     run_demo(
         DemoConfig(
