@@ -61,9 +61,9 @@ class DemoConfig:
     width: int = 128
     batch_size: int = 32
     lr: float = 2e-3
-    # the share of the MAGVLT budget before UnrollMask and MixSel join (a curriculum): an update with them costs ~3
-    # without; from 0.75 instead of 0.5 a fresh demo judged val T2I / I2T 98.0 / 93.0% instead of 70.0 / 69.5%
-    # (with the demo preset's decoding, which judged 76.5 / 78.0% on the 0.5 model)
+    # the share of the MAGVLT budget before UnrollMask and MixSel join (a curriculum): an update with them costs as
+    # much as ~3 without; from 0.75 instead of 0.5 a fresh demo judged val T2I / I2T 98.0 / 93.0% instead of
+    # 70.0 / 69.5% (with the demo preset's decoding, which judged 76.5 / 78.0% on the 0.5 model)
     extras_from: float = 0.75
     # T2I:I2T:IT2IT of the timed demo (the paper's 8:1:1 in `magvlt reproduce`): with palette tokens, 8 minutes of
     # 8:1:1 judged val T2I / I2T 95 / 18% and 12 minutes of 2:2:1 44 / 58%
@@ -111,8 +111,8 @@ def demo_train_config(cfg: DemoConfig, steps: int | None = None, name: str = "ti
     # which showed up as repeated words in I2T (40% of captions with dropout vs 0% without, 600+ steps)
     train.bpe_dropout = 0.0
     if steps is None:
-        # UnrollMask and MixSel join halfway: an update without them costs a third, and in 4 minutes that judged
-        # val T2I / I2T 18 / 15% exact against 11 / 4% with them from the start (674 vs 349 updates)
+        # UnrollMask and MixSel join late (cfg.extras_from): an update without them costs a third; joining halfway,
+        # 4 minutes judged val T2I / I2T 18 / 15% exact against 11 / 4% with them from the start (674 vs 349 updates)
         train.objective.extras_from, train.objective.task_weights = cfg.extras_from, cfg.task_weights
         train.objective.curriculum_weights, train.objective.curriculum_until = (0.0, 1.0, 0.0), cfg.read_first
         train.schedule, train.max_minutes, train.steps = "time", cfg.minutes, 10**9
