@@ -310,11 +310,16 @@ class MAGVLTPipeline:
         picked = rows.cpu().tolist()
         return out.select(rows), pixels[picked], [texts[i] for i in picked]
 
+    def text_channel_weight(self, preset: Preset, k: int) -> float:
+        """The weight of log p(image | caption) in ranking k text candidates: 0 for one candidate or ARGVLT."""
+        return 0.0 if k == 1 or self.cfg.causal else max(preset.text_channel, 0.0)
+
     def _channel(self, preset: Preset, k: int, codes: torch.Tensor, out: sampling.Sample):
         """(weight, log p(image | caption)) of text candidates for noisy-channel reranking, when the preset asks."""
-        if preset.text_channel <= 0 or k == 1 or self.cfg.causal:
+        weight = self.text_channel_weight(preset, k)
+        if weight == 0:
             return None
-        return preset.text_channel, sampling.image_log_likelihood(self.model, codes, out.text, out.length)
+        return weight, sampling.image_log_likelihood(self.model, codes, out.text, out.length)
 
     def _scores(self, pixels: np.ndarray, texts: list[str]) -> torch.Tensor:
         """The scorer's similarities; an empty caption (a barely trained model writes some) is not scored and loses."""

@@ -142,6 +142,7 @@ def test_text_channel_adds_the_models_image_likelihood_to_the_ranking(pipe, imag
     best = int(seen["loglik"].argmax())
     assert seen["loglik"].shape == (4,) and best != 0  # the scorer's tie alone would keep the first
     assert written == pipe.tokenizer.decode(seen["text"][best : best + 1], seen["length"][best : best + 1])
+    assert pipe.text_channel_weight(preset, 4) == 1.0 and pipe.text_channel_weight(preset, 1) == 0.0
 
 
 def test_reranking_never_scores_or_keeps_an_empty_caption(pipe, images, monkeypatch):
@@ -192,6 +193,7 @@ def test_argvlt_run_generates_and_captions(tmp_path, images):
     pipe = MAGVLTPipeline.from_pretrained(write_run(tmp_path, causal=True))
     assert pipe("a large red circle", preset=_top_k(5)).images[0].size == (16, 16)
     assert isinstance(pipe.caption(images[:1]).texts[0], str)
+    assert pipe.text_channel_weight(get_preset("demo"), 16) == 0.0  # no image likelihood from a causal model
     for call in (
         lambda: pipe.inpaint(images[:1], None, "a large red circle"),
         lambda: pipe("a large red circle", output_intermediates=True),

@@ -295,8 +295,8 @@ def _rerank(pipeline, preset: str | Preset | None, num_candidates: int | None) -
     image = num_candidates or (resolved.image_candidates if resolved else 1)
     text = num_candidates or (resolved.text_candidates if resolved else 1)
     by = "contrastive scorer" if getattr(pipeline, "scorer", None) is not None else "model log-probability"
-    causal = getattr(getattr(pipeline, "cfg", None), "causal", False)  # ARGVLT: the pipeline ranks without it
-    channel = resolved.text_channel if resolved and text > 1 and not causal else 0.0
+    weight = getattr(pipeline, "text_channel_weight", None)
+    channel = weight(resolved, text) if resolved and weight else 0.0
     if channel > 0:
         by += f" (captions: + {channel:g} x the model's log p(image | caption))"
     return {"image_candidates": image, "text_candidates": text, "by": None if image == text == 1 else by}
