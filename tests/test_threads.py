@@ -22,13 +22,19 @@ def run(tuner: ThreadTuner, seconds: dict[int, float], steps: int) -> list[int]:
 def test_switches_to_one_thread_when_it_is_faster_and_back_when_it_is_not():
     threads = torch.get_num_threads()
     try:
-        tuner = ThreadTuner(threads=2, every=10, probe=3)
-        loaded = run(tuner, {2: 0.4, 1: 0.16}, 13)  # a busy neighbour: 2 threads wait for each other
-        assert loaded == [2] * 10 + [1] * 3 and tuner.current == 1
-        assert run(tuner, {2: 0.4, 1: 0.16}, 13) == [1] * 10 + [2] * 3 and tuner.current == 1  # probed 2, kept 1
-        quiet = run(tuner, {2: 0.12, 1: 0.19}, 13)  # the neighbour is gone: 2 threads win the next probe
-        assert quiet == [1] * 10 + [2] * 3 and tuner.current == 2
-        assert run(ThreadTuner(threads=1, every=2, probe=1), {1: 0.1}, 5) == [1] * 5  # nothing to choose from
+        tuner = ThreadTuner(threads=2, every=1.0, probe=3)
+        loaded = run(tuner, {2: 0.4, 1: 0.16}, 6)  # a busy neighbour: 2 threads wait for each other
+        assert loaded == [2] * 3 + [1] * 3 and tuner.current == 1  # the first probe comes after 3 steps, not later
+        # one second later 2 threads are probed again: a step over twice the median ends the probe at once, and
+        # the next probe waits twice as long
+        assert run(tuner, {2: 0.4, 1: 0.16}, 28) == [1] * 7 + [2] + [1] * 13 + [2] + [1] * 6 and tuner.current == 1
+        quiet = run(ThreadTuner(threads=2, every=1.0, probe=3), {2: 0.12, 1: 0.19}, 30)
+        assert quiet.count(1) == 6 and quiet[3:6] == [1] * 3  # probes of 1 thread lost: back off (1 s, then 2 s)
+        tuner = ThreadTuner(threads=2, every=1.0, probe=3)
+        run(tuner, {2: 0.12, 1: 0.19}, 60)  # quiet for a while: probes are 4 s apart by now
+        tuner.waited = 0.0  # ...and one just ended; then a neighbour comes: probed within a second, not four
+        assert run(tuner, {2: 0.4, 1: 0.16}, 12) == [2] * 3 + [1] * 9 and tuner.current == 1
+        assert run(ThreadTuner(threads=1, every=0.1, probe=1), {1: 0.1}, 5) == [1] * 5  # nothing to choose from
     finally:
         torch.set_num_threads(threads)
 

@@ -14,19 +14,25 @@ import torch
 
 
 class ThreadTuner:
-    """Every `every` steps, run `probe` steps with the other thread count (all threads, or one) and keep whichever
-    had the shorter median step; the loop calls `before_step()` and then `after_step(seconds)` for each step."""
+    """Try the other thread count (all threads, or one) for `probe` steps as soon as `probe` steps have run at the
+    current one, then again after every `every` seconds of training, and keep whichever had the shorter median step;
+    the loop calls `before_step()` and then `after_step(seconds)` for each step.
 
-    def __init__(self, threads: int | None = None, every: int = 100, probe: int = 6):
+    A probe step over twice the current median ends its probe at once (beside a 2-thread job one step on 2 threads
+    took up to 4 s), and each probe lost doubles the wait for the next, up to `most_wait` seconds, so that on a
+    machine whose load does not change probing costs a few percent at most; a step over twice the median at the
+    current count (the load changed) brings the wait back to `every`."""
+
+    def __init__(self, threads: int | None = None, every: float = 20.0, probe: int = 6, most_wait: float = 320.0):
         self.most = threads or torch.get_num_threads()
-        self.current, self.every, self.probe = self.most, every, probe
+        self.current, self.every, self.probe, self.most_wait = self.most, every, probe, most_wait
         self.recent: list[float] = []  # the last `probe` steps at the current count
         self.probed: list[float] = []
-        self.since = 0
+        self.wait, self.waited = every, every  # the first probe comes as soon as `recent` is full
 
     @property
     def probing(self) -> bool:
-        return self.most > 1 and self.since >= self.every
+        return self.most > 1 and len(self.recent) == self.probe and self.waited >= self.wait
 
     @property
     def other(self) -> int:
@@ -37,14 +43,24 @@ class ThreadTuner:
 
     def after_step(self, seconds: float) -> None:
         if not self.probing:
+            if len(self.recent) == self.probe and seconds > 2 * statistics.median(self.recent):
+                self.wait = self.every  # the machine changed: probe again soon
             self.recent = (self.recent + [seconds])[-self.probe :]
-            self.since += 1
+            self.waited += seconds
             return
         self.probed.append(seconds)
-        if len(self.probed) == self.probe:
-            if statistics.median(self.probed) < statistics.median(self.recent):
-                self.current, self.recent = self.other, self.probed
-            self.probed, self.since = [], 0
+        median = statistics.median(self.recent)
+        if seconds > 2 * median:
+            self._decide(won=False)
+        elif len(self.probed) == self.probe:
+            self._decide(won=statistics.median(self.probed) < median)
+
+    def _decide(self, won: bool) -> None:
+        if won:
+            self.current, self.recent, self.wait = self.other, self.probed, self.every
+        else:
+            self.wait = min(2 * self.wait, self.most_wait)
+        self.probed, self.waited = [], 0.0
 
 
 @contextlib.contextmanager
