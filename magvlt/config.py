@@ -93,6 +93,10 @@ class ObjectiveConfig:
     task_weights: tuple[float, float, float] = (8.0, 1.0, 1.0)  # T2I : I2T : IT2IT, sampled per batch
     label_smoothing: float = 0.1
     length_weight: float = 0.01  # lambda_TL
+    # the share of each I2T / IT2IT batch whose length query is run: the query is a forward of its own (as long as
+    # the masked input's), so at 1 it doubles an I2T update, and the length head is right on ~100% of training
+    # captions within a few hundred updates either way
+    length_rows: float = 1.0
     unroll_mask: bool = True  # Sec. 3.3, for T2I and I2T
     unroll_weight: float = 1.0  # lambda_UM
     unroll_remask: str = "confidence"  # which positions UnrollMask re-masks: "confidence" (lowest) or "random"
@@ -141,6 +145,10 @@ class TrainConfig:
     # what the warmup + cosine decay runs over: "steps", or "time" (max_minutes of wall time: a fixed time budget
     # that ends with the learning rate decayed however many updates a loaded machine manages; steps is then a cap)
     schedule: str = "steps"
+    # schedule "time" only: go on past max_minutes until min_steps updates, but stop at stretch_minutes at the latest
+    # (a shared machine trains longer instead of fewer updates); the decay runs over whichever budget ends last
+    min_steps: int = 0
+    stretch_minutes: float = 0.0
     # CPU, one process: every 100 steps try the other thread count (all, or one) for a few steps and keep the faster
     # (magvlt.train.threads); a timed run on shared cores gains, a run that must repeat bit for bit should not
     tune_threads: bool = False

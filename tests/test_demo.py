@@ -109,6 +109,8 @@ def test_demo_training_config_is_the_paper_recipe_at_the_demo_size():
     assert demo_train_config(demo, 300, "tiny-ar").model.causal
     timed = demo_train_config(demo)  # the demo itself: a wall-time budget, the learning rate decayed over it
     assert (timed.schedule, timed.max_minutes) == ("time", demo.minutes)
+    # ...and at least min_rate updates a minute of it, for at most stretch x the minutes
+    assert (timed.min_steps, timed.stretch_minutes) == (3000, 20.0) and cfg.min_steps == 0
     # ...with I2T alone first, UnrollMask and MixSel joining after the first part of that budget (a curriculum) and
     # the demo's task mix, the rest the same
     assert timed.objective == dataclasses.replace(
@@ -117,6 +119,7 @@ def test_demo_training_config_is_the_paper_recipe_at_the_demo_size():
         task_weights=demo.task_weights,
         curriculum_weights=(0.0, 1.0, 0.0),
         curriculum_until=demo.read_first,
+        length_rows=demo.length_rows,
     )
     assert 0 < demo.read_first < demo.extras_from < 1 and all(w > 0 for w in demo.task_weights)
 

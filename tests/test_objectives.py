@@ -165,6 +165,18 @@ def test_length_loss_sees_no_padding():
     assert torch.allclose(loss, want, atol=1e-6)
 
 
+def test_length_query_runs_on_the_configured_share_of_the_batch():
+    """objective.length_rows: the length query (its own forward) sees the first ceil(share x B) rows only."""
+    m, batch = model(), make_batch()
+    seen = CountForwards(m)
+    cfg = ObjectiveConfig(unroll_mask=False, mix="off", length_rows=0.5)
+    _, terms = magvlt_loss(m, batch, cfg, "i2t", gen(4))
+    assert [x.shape[0] for x in seen.inputs] == [6, 3]
+    with torch.no_grad():
+        want, _ = length_loss(m, VOCAB.image(batch["image"])[:3], batch["length"][:3])  # I2T masks no image code
+    assert torch.allclose(terms["length"], want, atol=1e-6)
+
+
 # --- UnrollMask ----------------------------------------------------------------------------------------------
 
 

@@ -19,7 +19,15 @@ from magvlt.data.tokenized import TokenizedDataset
 from magvlt.errors import UserError
 from magvlt.model import Transformer
 from magvlt.train import loop, rundir
-from magvlt.train.loop import evaluate_masked_accuracy, lr_at, objective_at, param_groups, progress_at, train
+from magvlt.train.loop import (
+    budget_spent,
+    evaluate_masked_accuracy,
+    lr_at,
+    objective_at,
+    param_groups,
+    progress_at,
+    train,
+)
 
 
 def tiny_config(**kw) -> TrainConfig:
@@ -64,6 +72,31 @@ def test_time_schedule_run_ends_at_its_budget_with_the_learning_rate_decayed(tmp
         train(tiny_config(schedule="time"), data, tmp_path / "bad", progress=False)
 
 
+def test_time_budget_with_min_steps_trains_longer_on_a_slow_machine_but_stops_at_stretch_minutes():
+    cfg = TrainConfig(steps=10**9, schedule="time", max_minutes=2.0, min_steps=1000, stretch_minutes=4.0)
+    # a fast machine: the time budget ends it, as without min_steps
+    assert progress_at(1500, cfg, elapsed=60.0) == pytest.approx(0.5) and budget_spent(1500, cfg, elapsed=120.0)
+    # a slow one: past max_minutes until min_steps updates, and progress (the decay, the curriculum) follows them
+    assert progress_at(300, cfg, elapsed=60.0) == pytest.approx(0.3) and not budget_spent(800, cfg, elapsed=150.0)
+    assert progress_at(800, cfg, elapsed=150.0) == pytest.approx(0.8) and budget_spent(1000, cfg, elapsed=150.0)
+    # ...but never past stretch_minutes
+    assert progress_at(100, cfg, elapsed=180.0) == pytest.approx(0.75) and budget_spent(500, cfg, elapsed=240.0)
+    assert not budget_spent(10, TrainConfig(steps=20, max_minutes=0.0), elapsed=1e6)  # no limit on a step budget
+
+
+def test_a_run_under_min_steps_goes_on_past_its_time_budget(tmp_path):
+    data = write_synthetic(tmp_path / "data", n=64)
+    cfg = tiny_config(steps=10**6, warmup_steps=1, schedule="time", max_minutes=1e-4, min_steps=12, ckpt_every=10**6)
+    cfg.stretch_minutes = 5.0
+    assert rundir.read_metrics(train(cfg, data, tmp_path / "run", progress=False))[-1]["step"] == 12
+    cfg.min_steps, cfg.stretch_minutes = 10**6, 0.03  # a machine too slow to make them: stopped at the stretch
+    records = rundir.read_metrics(train(cfg, data, tmp_path / "slow", progress=False))
+    assert records[-1]["step"] < 10**6 and records[-1]["elapsed"] >= 0.03 * 60
+    cfg.stretch_minutes = 0.0
+    with pytest.raises(UserError, match="stretch_minutes"):
+        train(cfg, data, tmp_path / "bad", progress=False)
+
+
 def test_curriculum_adds_unroll_mask_and_mix_select_from_extras_from_on():
     cfg = ObjectiveConfig(extras_from=0.5)
     early, late = objective_at(cfg, 0.49), objective_at(cfg, 0.5)
@@ -94,6 +127,9 @@ def test_training_run_takes_the_extra_terms_only_after_extras_from(tmp_path):
         train(cfg, data, tmp_path / "bad", progress=False)
     cfg.objective.extras_from, cfg.objective.curriculum_until = 0.5, -0.1
     with pytest.raises(UserError, match="curriculum_until"):
+        train(cfg, data, tmp_path / "bad", progress=False)
+    cfg.objective.curriculum_until, cfg.objective.length_rows = 0.0, 0.0
+    with pytest.raises(UserError, match="length_rows"):
         train(cfg, data, tmp_path / "bad", progress=False)
 
 

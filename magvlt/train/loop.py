@@ -43,10 +43,21 @@ def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
 
 
 def progress_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
-    """How far training is, 0..1: of the time budget when cfg.schedule is "time", else of the steps after warmup."""
+    """How far training is, 0..1: of the time budget when cfg.schedule is "time" (max_minutes and, when set, also
+    min_steps updates, whichever ends later, but no later than stretch_minutes), else of the steps after warmup."""
     if cfg.schedule == "time":
-        return min(1.0, elapsed / (60 * cfg.max_minutes))
+        done = elapsed / (60 * cfg.max_minutes)
+        if cfg.min_steps:
+            done = max(min(done, step / cfg.min_steps), elapsed / (60 * cfg.stretch_minutes))
+        return min(1.0, done)
     return min(1.0, max(0, step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+
+
+def budget_spent(step: int, cfg: TrainConfig, elapsed: float) -> bool:
+    """Whether a run stops after `step` updates and `elapsed` seconds: its time budget spent (before cfg.steps)."""
+    if cfg.schedule == "time":
+        return progress_at(step, cfg, elapsed) >= 1
+    return cfg.max_minutes > 0 and elapsed > 60 * cfg.max_minutes
 
 
 def objective_at(cfg: ObjectiveConfig, progress: float) -> ObjectiveConfig:
@@ -101,11 +112,17 @@ def _check_config(cfg: TrainConfig, world_size: int) -> None:
         raise UserError("steps, grad_accum, log_every and ckpt_every must be >= 1 and warmup_steps >= 0")
     if cfg.schedule not in ("steps", "time") or (cfg.schedule == "time" and cfg.max_minutes <= 0):
         raise UserError(f"schedule must be 'steps' or 'time' (with max_minutes > 0), got {cfg.schedule!r}")
+    if cfg.min_steps < 0 or (cfg.min_steps and (cfg.schedule != "time" or cfg.stretch_minutes < cfg.max_minutes)):
+        raise UserError("min_steps needs schedule 'time' and stretch_minutes >= max_minutes (the latest stop)")
     for name in ("extras_from", "curriculum_until"):
         if not 0 <= getattr(cfg.objective, name) <= 1:
             raise UserError(
                 f"objective.{name} must be a share of training in [0, 1], got {getattr(cfg.objective, name)}"
             )
+    if not 0 < cfg.objective.length_rows <= 1:
+        raise UserError(
+            f"objective.length_rows must be a share of the batch in (0, 1], got {cfg.objective.length_rows}"
+        )
     if cfg.batch_size % (world_size * cfg.grad_accum):
         raise UserError(
             f"batch_size {cfg.batch_size} must be divisible by ranks x grad_accum = {world_size} x {cfg.grad_accum}"
@@ -288,7 +305,7 @@ def _train(
                 norm = nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
                 norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
                 loss, elapsed = all_reduce_mean([metrics.pop("loss"), elapsed_before + time.monotonic() - t0], info)
-                time_up = cfg.max_minutes > 0 and elapsed > 60 * cfg.max_minutes
+                time_up = budget_spent(step + 1, cfg, elapsed)
                 if not (math.isfinite(loss) and math.isfinite(norm)):
                     kept = (
                         f"the last good checkpoint (step {last_saved}) is kept in {out}"
@@ -304,7 +321,7 @@ def _train(
                 if tuner:
                     tuner.after_step(time.monotonic() - started)
                 window.add({"loss": loss, **metrics, "grad_norm": norm})
-                bar.update(1 if cfg.schedule == "steps" else int(elapsed) - bar.n)
+                bar.update(1 if cfg.schedule == "steps" else int(100 * progress_at(step, cfg, elapsed)) - bar.n)
                 if step % cfg.log_every == 0 or step == cfg.steps or time_up:
                     seconds = time.monotonic() - window.start
                     record = {
@@ -327,7 +344,8 @@ def _train(
                     last_saved = step
                 if time_up:
                     _say(
-                        info, f"time budget of {cfg.max_minutes:g} min spent: stopped at step {step} with a checkpoint"
+                        info,
+                        f"time budget spent: stopped at step {step} after {elapsed / 60:.1f} min with a checkpoint",
                     )
                     break
         finally:
@@ -374,10 +392,11 @@ def all_reduce_mean(values: list[float], info: dist.DistInfo) -> list[float]:
 
 
 def _progress_bar(cfg: TrainConfig, step: int, elapsed: float, show: bool) -> tqdm:
-    """Counts updates, or seconds of the time budget when the schedule runs over time."""
+    """Counts updates, or percent of the time budget when the schedule runs over time."""
     disable = None if show else True
     if cfg.schedule == "time":
-        return tqdm(total=int(60 * cfg.max_minutes), initial=int(elapsed), unit="s", desc="train", disable=disable)
+        done = int(100 * progress_at(step, cfg, elapsed))
+        return tqdm(total=100, initial=done, unit="%", desc="train", disable=disable)
     return tqdm(total=cfg.steps, initial=step, unit="step", desc="train", disable=disable)
 
 
