@@ -6,7 +6,7 @@ import json
 import pytest
 
 from magvlt.config import TRAIN_PRESETS, preset
-from magvlt.demo import DemoConfig, demo_preset, demo_train_config, run_demo
+from magvlt.demo import DemoConfig, _updates_line, demo_preset, demo_train_config, run_demo
 from magvlt.errors import UserError
 from magvlt.pipeline import MAGVLTPipeline
 from magvlt.reproduce import TABLES, GridConfig, Run, tables, tokenizer_id
@@ -57,7 +57,14 @@ def test_demo_runs_every_stage_writes_its_outputs_and_reuses_the_cache(tmp_path,
 
 
 @pytest.mark.parametrize(
-    "argv", [["--candidates", "0"], ["--caption-candidates", "0"], ["--temperature", "-1"], ["--minutes", "0"]]
+    "argv",
+    [
+        ["--candidates", "0"],
+        ["--caption-candidates", "0"],
+        ["--temperature", "-1"],
+        ["--minutes", "0"],
+        ["--n-novel", "1"],
+    ],
 )
 def test_demo_cli_refuses_bad_options_with_exit_code_2(argv, tmp_path):
     from magvlt.cli import main
@@ -111,6 +118,7 @@ def test_demo_training_config_is_the_paper_recipe_at_the_demo_size():
     assert (timed.schedule, timed.max_minutes) == ("time", demo.minutes)
     # ...and at least min_rate updates a minute of it, for at most stretch x the minutes
     assert (timed.min_steps, timed.stretch_minutes) == (3000, 20.0) and cfg.min_steps == 0
+    assert (demo.judged("val"), demo.judged("novel"), DemoConfig(n_eval=50).judged("novel")) == (200, 100, 50)
     # ...with I2T alone first, UnrollMask and MixSel joining after the first part of that budget (a curriculum) and
     # the demo's task mix, the rest the same
     assert timed.objective == dataclasses.replace(
@@ -122,6 +130,14 @@ def test_demo_training_config_is_the_paper_recipe_at_the_demo_size():
         length_rows=demo.length_rows,
     )
     assert 0 < demo.read_first < demo.extras_from < 1 and all(w > 0 for w in demo.task_weights)
+
+
+def test_summary_says_when_training_went_on_past_its_minutes():
+    cfg = DemoConfig()
+    quiet = _updates_line({"step": 3400, "elapsed": 720.0, "threads": 2, "cpu_share": 0.99}, cfg)
+    loaded = _updates_line({"step": 3000, "elapsed": 1100.0, "threads": 1, "cpu_share": 0.97}, cfg)
+    assert "3400 updates in 12.0 min" in quiet and "went on" not in quiet and "on 2 thread(s)" in quiet
+    assert "3000 updates in 18.3 min" in loaded and "fewer than 3000 updates in 12 min" in loaded
 
 
 def test_reproduce_tables_show_mean_and_spread_over_seeds():

@@ -37,7 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"training time of the reranking scorer (default {d.clip_minutes:g})",
     )
     p.add_argument("--n-train", type=int, default=d.n_train, help=f"training pairs (default {d.n_train})")
-    p.add_argument("--n-eval", type=int, default=d.n_eval, help=f"pairs per evaluation split (default {d.n_eval})")
+    p.add_argument("--n-eval", type=int, default=d.n_eval, help=f"`val` pairs judged (default {d.n_eval})")
+    p.add_argument(
+        "--n-novel", type=int, default=d.n_novel, help=f"`novel` pairs judged, at most --n-eval (default {d.n_novel})"
+    )
     p.add_argument(
         "--candidates",
         type=int,
@@ -65,8 +68,12 @@ def run(args: argparse.Namespace) -> int:
     from magvlt.demo import DemoConfig, run_demo
     from magvlt.errors import UserError
 
-    if min(args.minutes, args.vq_minutes, args.clip_minutes) <= 0 or args.n_train < 256 or args.n_eval < 2:
-        raise UserError("minutes must be positive, --n-train >= 256 and --n-eval >= 2")
+    if (
+        min(args.minutes, args.vq_minutes, args.clip_minutes) <= 0
+        or args.n_train < 256
+        or min(args.n_eval, args.n_novel) < 2
+    ):
+        raise UserError("minutes must be positive, --n-train >= 256, --n-eval and --n-novel >= 2")
     counts = [c for c in (args.candidates, args.caption_candidates) if c is not None]
     if min(counts, default=1) < 1 or (args.temperature is not None and args.temperature < 0):
         raise UserError("--candidates and --caption-candidates must be >= 1 and --temperature >= 0")
@@ -79,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
             clip_minutes=args.clip_minutes,
             n_train=args.n_train,
             n_eval=args.n_eval,
+            n_novel=args.n_novel,
             candidates=args.candidates,
             caption_candidates=args.caption_candidates,
             temperature=args.temperature,
