@@ -37,8 +37,8 @@ class DemoConfig:
     out: Path = Path("runs/demo")
     minutes: float = 12.0  # the MAGVLT transformer
     # ...and at least `min_rate` updates a minute of it: where other processes share the cores, training goes on
-    # past `minutes` to make them, up to `stretch` x minutes (a quiet 2-core AVX2 EPYC made ~270 a minute, a
-    # Xeon with AMX ~350; one thread beside another busy process ~130)
+    # past `minutes` to make them, up to `stretch` x minutes (quiet 2-core AVX2 EPYCs made 236-287 a minute, a
+    # Xeon with AMX ~350; one thread beside a `yes` ~140)
     min_rate: float = 250.0
     stretch: float = 5 / 3
     # the image tokenizer: "palette" (a colour code and a pattern code per 8 x 8 patch, fitted in seconds, exact on
