@@ -149,7 +149,7 @@ class TrainConfig:
     # (a shared machine trains longer instead of fewer updates); the decay runs over whichever budget ends last
     min_steps: int = 0
     stretch_minutes: float = 0.0
-    # CPU, one process: every 100 steps try the other thread count (all, or one) for a few steps and keep the faster
+    # CPU, one process: now and then try the other thread count (all, or one) for a few steps and keep the faster
     # (magvlt.train.threads); a timed run on shared cores gains, a run that must repeat bit for bit should not
     tune_threads: bool = False
 

@@ -86,6 +86,16 @@ class DemoConfig:
     fresh: bool = False
     progress: bool = True
 
+    @property
+    def min_updates(self) -> int:
+        """The update floor of the MAGVLT budget."""
+        return round(self.min_rate * self.minutes)
+
+    @property
+    def max_minutes(self) -> float:
+        """The latest the MAGVLT training stops, floor made or not."""
+        return self.stretch * self.minutes
+
     def judged(self, split: str) -> int:
         """How many pairs of an evaluation split ("val" or "novel") are rendered and judged."""
         return self.n_eval if split == "val" else min(self.n_novel, self.n_eval)
@@ -131,7 +141,7 @@ def demo_train_config(cfg: DemoConfig, steps: int | None = None, name: str = "ti
         train.objective.curriculum_weights, train.objective.curriculum_until = (0.0, 1.0, 0.0), cfg.read_first
         train.objective.length_rows = cfg.length_rows
         train.schedule, train.max_minutes, train.steps = "time", cfg.minutes, 10**9
-        train.min_steps, train.stretch_minutes = round(cfg.min_rate * cfg.minutes), cfg.stretch * cfg.minutes
+        train.min_steps, train.stretch_minutes = cfg.min_updates, cfg.max_minutes
         train.warmup_steps, train.ckpt_every = 40, 200
         train.tune_threads = True  # beside another busy process, 1 thread ran 2-15x faster steps than 2
     else:
@@ -317,7 +327,7 @@ def _train_summary(model_dir: Path) -> dict:
 
 
 def _updates_line(train: dict, cfg: DemoConfig) -> str:
-    """How many updates the transformer got in how long, and whether other processes made it train longer."""
+    """How many updates the transformer got in how long, and whether it trained past cfg.minutes to make its floor."""
     minutes = train.get("elapsed", 0) / 60
     line = f"  MAGVLT: {train['step']} updates in {minutes:.1f} min, {train.get('precision', 'fp32')} arithmetic" + (
         f" on {train['threads']} thread(s) (the faster count here)" if "threads" in train else ""
@@ -326,8 +336,8 @@ def _updates_line(train: dict, cfg: DemoConfig) -> str:
         line += f"; training got {min(train['cpu_share'], 1.0):.0%} of the CPU time of its threads"
     if minutes > 1.01 * cfg.minutes:
         line += (
-            f"\n  this machine (its load included) made fewer than {round(cfg.min_rate * cfg.minutes)} updates in "
-            f"{cfg.minutes:g} min, so training went on to make them (for at most {cfg.stretch * cfg.minutes:g} min)"
+            f"\n  this machine (its load included) made fewer than {cfg.min_updates} updates in "
+            f"{cfg.minutes:g} min, so training went on to make them (for at most {cfg.max_minutes:g} min)"
         )
     return line
 
