@@ -149,6 +149,9 @@ class TrainConfig:
     # (a shared machine trains longer instead of fewer updates); the decay runs over whichever budget ends last
     min_steps: int = 0
     stretch_minutes: float = 0.0
+    # > 0: keep an exponential moving average of the weights with this decay (warming up as (1 + t) / (10 + t)) and
+    # save it as the run's weights, the ones sampled; the last weights go into the training state for resuming
+    ema: float = 0.0
     # CPU, one process: now and then try the other thread count (all, or one) for a few steps and keep the faster
     # (magvlt.train.threads); a timed run on shared cores gains, a run that must repeat bit for bit should not
     tune_threads: bool = False

@@ -9,18 +9,18 @@ import pytest
 import torch
 from synthetic import SUBPROCESS_ENV, write_synthetic
 
-from magvlt.checkpoint import load_weights
+from magvlt.checkpoint import load_torch, load_weights
 from magvlt.config import ModelConfig, TrainConfig, save_json
 from magvlt.train.loop import train
 
-# One torchrun launch trains twice in the same process group: DDP, then FSDP2. Each rank also saves its own
-# DDP weights at every checkpoint, to show the ranks agree.
+# One torchrun launch trains twice in the same process group: DDP, then FSDP2 (keeping a moving average of its
+# sharded weights). Each rank also saves its own DDP weights at every checkpoint, to show the ranks agree.
 SCRIPT = """
 import dataclasses, sys, torch, torch.distributed
 from magvlt.config import TrainConfig, load_json
 from magvlt.train import dist, loop
 
-data, out = sys.argv[1], sys.argv[2]
+data, out, EMA = sys.argv[1], sys.argv[2], float(sys.argv[3])
 cfg = load_json(TrainConfig, f"{out}/config.json")
 full_state = dist.full_state
 
@@ -32,9 +32,13 @@ def spy(model, optimizer, info):
 dist.full_state = spy
 torch.distributed.init_process_group("gloo")
 for mode in ("ddp", "fsdp"):
-    loop.train(dataclasses.replace(cfg, fsdp=mode == "fsdp"), data, f"{out}/{mode}", progress=False)
+    fsdp = mode == "fsdp"
+    loop.train(dataclasses.replace(cfg, fsdp=fsdp, ema=EMA if fsdp else 0.0), data, f"{out}/{mode}", progress=False)
 torch.distributed.destroy_process_group()
 """
+
+
+EMA = 0.5  # the decay of the FSDP run's weight average
 
 
 def config(**kw) -> TrainConfig:
@@ -70,6 +74,7 @@ def runs(tmp_path_factory):
         str(script),
         str(data),
         str(tmp),
+        str(EMA),
     ]
     proc = subprocess.Popen(
         cmd, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
@@ -78,6 +83,7 @@ def runs(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         reference = train(config(grad_accum=2), data, tmp / "single", progress=False)
+        averaged = train(config(grad_accum=2, ema=EMA), data, tmp / "single-ema", progress=False)
         output = proc.communicate(timeout=300)[0]
     finally:
         torch.set_num_threads(threads)
@@ -85,7 +91,7 @@ def runs(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 0, output[-5000:]
-    return tmp, load_weights(reference / "model.safetensors")
+    return tmp, load_weights(reference / "model.safetensors"), load_weights(averaged / "model.safetensors")
 
 
 def _assert_close(a: dict, b: dict) -> None:
@@ -105,7 +111,7 @@ def _assert_close(a: dict, b: dict) -> None:
 
 @pytest.mark.slow
 def test_ddp_two_ranks_agree_and_match_a_single_process(runs):
-    tmp, reference = runs
+    tmp, reference, _ = runs
     rank0, rank1 = (torch.load(tmp / f"ddp.rank{r}.pt", weights_only=True) for r in (0, 1))
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     weights = load_weights(tmp / "ddp" / "model.safetensors")
@@ -115,5 +121,6 @@ def test_ddp_two_ranks_agree_and_match_a_single_process(runs):
 
 @pytest.mark.slow
 def test_fsdp2_two_ranks_match_a_single_process(runs):
-    tmp, reference = runs
-    _assert_close(load_weights(tmp / "fsdp" / "model.safetensors"), reference)
+    tmp, reference, averaged = runs
+    _assert_close(load_torch(tmp / "fsdp" / "train_state.pt")["weights"], reference)
+    _assert_close(load_weights(tmp / "fsdp" / "model.safetensors"), averaged)

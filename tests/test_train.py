@@ -20,6 +20,7 @@ from magvlt.errors import UserError
 from magvlt.model import Transformer
 from magvlt.train import loop, rundir
 from magvlt.train.loop import (
+    WeightEMA,
     budget_spent,
     evaluate_masked_accuracy,
     lr_at,
@@ -258,6 +259,50 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert load_torch(tmp_path / "run" / "train_state.pt")["step"] == 4
     weights = load_weights(tmp_path / "run" / "model.safetensors")
     assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_weight_ema_averages_with_warmup():
+    layer = torch.nn.Linear(2, 1)
+    ema = WeightEMA(layer, decay=0.5)
+    start = {n: p.detach().clone() for n, p in layer.named_parameters()}
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+        layer.bias.fill_(-1.0)
+    ema.update(layer, step=1)  # warmup: the decay is min(0.5, 2 / 11)
+    assert torch.allclose(ema.shadow["weight"], start["weight"] * 2 / 11 + 9 / 11)
+    ema.update(layer, step=100)  # then the decay itself
+    assert torch.allclose(ema.shadow["bias"], (start["bias"] * 2 / 11 - 9 / 11) * 0.5 - 0.5)
+
+
+def _crash_at_update(monkeypatch, n: int) -> None:
+    calls = []
+
+    def poisoned(self, batch, generator, task):
+        loss, metrics = loop.training_loss(self.model, batch, self.cfg, task, generator)
+        calls.append(1)
+        return (loss * math.nan, {**metrics, "loss": math.nan}) if len(calls) == n else (loss, metrics)
+
+    monkeypatch.setattr(loop.TrainingObjective, "forward", poisoned)
+
+
+def test_ema_run_saves_the_average_and_resumes_bitwise_equal(tmp_path, monkeypatch):
+    data = write_synthetic(tmp_path / "data", n=64)
+    cfg = tiny_config(steps=8, ema=0.9)
+    full = train(cfg, data, tmp_path / "full", progress=False)
+    with monkeypatch.context() as patch:
+        _crash_at_update(patch, 6)
+        with pytest.raises(UserError, match="diverged at step 6"):
+            train(cfg, data, tmp_path / "cut", progress=False)
+    cut = train(cfg, data, tmp_path / "cut", resume=True, progress=False)
+    for run in (full, cut):
+        averaged, last = load_weights(run / paths.WEIGHTS), load_torch(run / paths.STATE)["weights"]
+        assert averaged.keys() == last.keys()
+        assert not all(torch.equal(averaged[k], last[k]) for k in last)  # the average is saved, not the last
+    for a, b in [
+        (load_weights(full / paths.WEIGHTS), load_weights(cut / paths.WEIGHTS)),
+        (load_torch(full / paths.STATE)["weights"], load_torch(cut / paths.STATE)["weights"]),
+    ]:
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_time_budget_stops_with_a_checkpoint(tmp_path):

@@ -107,6 +107,43 @@ class TrainingObjective(nn.Module):
         return training_loss(self.model, batch, self.cfg, task, generator)
 
 
+class WeightEMA:
+    """An exponential moving average of a module's parameters (kept in fp32, sharded as the parameters are)."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().float().clone() for n, p in module.named_parameters()}
+        self.dtypes = {n: p.dtype for n, p in module.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module, step: int) -> None:
+        """Move the average toward the parameters after update `step` (1-based); early steps weigh more."""
+        weight = 1 - min(self.decay, (1 + step) / (10 + step))
+        for name, p in module.named_parameters():
+            self.shadow[name].lerp_(p.detach().float(), weight)
+
+    def load(self, weights: dict[str, torch.Tensor]) -> None:
+        """Restore a saved average (full tensors; copied into the local shards where sharded)."""
+        for name, t in self.shadow.items():
+            full = weights[name].float()
+            t.copy_(distribute_like(full, t) if hasattr(t, "full_tensor") else full)
+
+    def full(self) -> dict[str, torch.Tensor]:
+        """The average as full CPU tensors in the parameters' dtypes (collective under FSDP: every rank calls it)."""
+        out = {}
+        for name, t in self.shadow.items():
+            full = t.full_tensor() if hasattr(t, "full_tensor") else t
+            out[name] = full.detach().to("cpu", self.dtypes[name])
+        return out
+
+
+def distribute_like(full: torch.Tensor, shard) -> torch.Tensor:
+    """A full tensor cut as the DTensor `shard` is, as a DTensor."""
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full.to(shard.device), shard.device_mesh, shard.placements)
+
+
 def _check_config(cfg: TrainConfig, world_size: int) -> None:
     if cfg.steps < 1 or cfg.grad_accum < 1 or cfg.warmup_steps < 0 or cfg.log_every < 1 or cfg.ckpt_every < 1:
         raise UserError("steps, grad_accum, log_every and ckpt_every must be >= 1 and warmup_steps >= 0")
@@ -123,6 +160,8 @@ def _check_config(cfg: TrainConfig, world_size: int) -> None:
         raise UserError(
             f"objective.length_rows must be a share of the batch in (0, 1], got {cfg.objective.length_rows}"
         )
+    if not 0 <= cfg.ema < 1:
+        raise UserError(f"ema is the decay of the weights' moving average, in [0, 1) (0: off), got {cfg.ema}")
     if cfg.batch_size % (world_size * cfg.grad_accum):
         raise UserError(
             f"batch_size {cfg.batch_size} must be divisible by ranks x grad_accum = {world_size} x {cfg.grad_accum}"
@@ -255,8 +294,12 @@ def _train(
     stream = _batch_stream(cfg, dataset, info)
     bf16 = use_bf16(cfg.precision, info.device)
     step, elapsed_before = 0, 0.0
+    ema = WeightEMA(objective, cfg.ema) if cfg.ema else None
     if resume:
         weights, state = rundir.load_checkpoint(out)
+        if ema:
+            ema.load({f"model.{k}": v for k, v in weights.items()})
+            weights = state["weights"]
         dist.load_full_state(
             wrapped, objective, optimizer, {f"model.{k}": v for k, v in weights.items()}, state["optimizer"]
         )
@@ -274,6 +317,7 @@ def _train(
 
     def checkpoint() -> None:
         model_state, optim_state = dist.full_state(wrapped, optimizer, info)
+        averaged = ema.full() if ema else None
         if info.is_main:
             weights = {k.removeprefix("model."): v for k, v in model_state.items()}
             state = {
@@ -282,6 +326,9 @@ def _train(
                 "data": stream.state_dict(),
                 "elapsed": elapsed_before + time.monotonic() - t0,
             }
+            if averaged:  # the average is what gets sampled; the last weights are what training resumes from
+                state["weights"] = weights
+                weights = {k.removeprefix("model."): v for k, v in averaged.items()}
             rundir.save_checkpoint(out, weights, state)
             rundir.plot_losses(out)
         dist.barrier(info)
@@ -318,6 +365,8 @@ def _train(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                if ema:
+                    ema.update(objective, step)
                 if tuner:
                     tuner.after_step(time.monotonic() - started)
                 window.add({"loss": loss, **metrics, "grad_norm": norm})
