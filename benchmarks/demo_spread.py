@@ -88,11 +88,10 @@ def main() -> None:
         run, keep = Path(tmp) / "run", Path(tmp) / "keep"
         keep.mkdir()
         rundir.save_checkpoint = snapshotting(keep)
+        recipe = steps_recipe(cfg, args.steps, args.seed, args.every, args.ema)
+        recipe = apply_overrides(recipe, [o.removeprefix("train.") for o in args.overrides if "." in o])
         start = time.perf_counter()
-        train(apply_overrides(
-            steps_recipe(cfg, args.steps, args.seed, args.every, args.ema),
-            [o.removeprefix("train.") for o in args.overrides if "." in o],
-        ), prep.tokens, run, progress=True)
+        train(recipe, prep.tokens, run, progress=True)
         seconds = time.perf_counter() - start
         save_preset(demo_preset(cfg), run)
         copy_scorer(prep.scorer, run)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import signal
@@ -289,11 +290,16 @@ def test_ema_run_saves_the_average_and_resumes_bitwise_equal(tmp_path, monkeypat
     data = write_synthetic(tmp_path / "data", n=64)
     cfg = tiny_config(steps=8, ema=0.9)
     full = train(cfg, data, tmp_path / "full", progress=False)
-    with monkeypatch.context() as patch:
-        _crash_at_update(patch, 6)
-        with pytest.raises(UserError, match="diverged at step 6"):
-            train(cfg, data, tmp_path / "cut", progress=False)
+    for name in ("cut", "cut-plain"):
+        with monkeypatch.context() as patch:
+            _crash_at_update(patch, 6)
+            with pytest.raises(UserError, match="diverged at step 6"):
+                train(cfg, data, tmp_path / name, progress=False)
     cut = train(cfg, data, tmp_path / "cut", resume=True, progress=False)
+    # resumed without the average, training goes on from the last weights, not from the average
+    plain = train(dataclasses.replace(cfg, ema=0.0), data, tmp_path / "cut-plain", resume=True, progress=False)
+    a, b = load_torch(full / paths.STATE)["weights"], load_weights(plain / paths.WEIGHTS)
+    assert all(torch.equal(a[k], b[k]) for k in a)
     for run in (full, cut):
         averaged, last = load_weights(run / paths.WEIGHTS), load_torch(run / paths.STATE)["weights"]
         assert averaged.keys() == last.keys()

@@ -296,10 +296,10 @@ def _train(
     step, elapsed_before = 0, 0.0
     ema = WeightEMA(objective, cfg.ema) if cfg.ema else None
     if resume:
-        weights, state = rundir.load_checkpoint(out)
-        if ema:
-            ema.load({f"model.{k}": v for k, v in weights.items()})
-            weights = state["weights"]
+        saved, state = rundir.load_checkpoint(out)
+        weights = state.get("weights", saved)  # a run with an average keeps its last weights in the state
+        if ema:  # (a run without one starts its average here)
+            ema.load({f"model.{k}": v for k, v in saved.items()})
         dist.load_full_state(
             wrapped, objective, optimizer, {f"model.{k}": v for k, v in weights.items()}, state["optimizer"]
         )
