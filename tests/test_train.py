@@ -239,22 +239,20 @@ def test_sigkilled_run_resumes_bitwise_equal(tmp_path):
     assert (tmp_path / "killed" / "text" / "text_tokenizer.json").is_file()  # the run carries its tokenizer
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    data = write_synthetic(tmp_path / "data", n=64)
+def _crash_at_update(monkeypatch, n: int) -> None:
     calls = []
 
-    def poisoned(model, batch, cfg, task, generator):
-        loss, metrics = loop.training_loss(model, batch, cfg, task, generator)
+    def poisoned(self, batch, generator, task):
+        loss, metrics = loop.training_loss(self.model, batch, self.cfg, task, generator)
         calls.append(1)
-        if len(calls) >= 7:
-            return loss * math.nan, {**metrics, "loss": math.nan}
-        return loss, metrics
+        return (loss * math.nan, {**metrics, "loss": math.nan}) if len(calls) == n else (loss, metrics)
 
-    monkeypatch.setattr(
-        loop.TrainingObjective,
-        "forward",
-        lambda self, batch, generator, task: poisoned(self.model, batch, self.cfg, task, generator),
-    )
+    monkeypatch.setattr(loop.TrainingObjective, "forward", poisoned)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    data = write_synthetic(tmp_path / "data", n=64)
+    _crash_at_update(monkeypatch, 7)
     with pytest.raises(UserError, match=r"diverged at step 7: loss nan.*last good checkpoint \(step 4\)"):
         train(tiny_config(), data, tmp_path / "run", progress=False)
     assert load_torch(tmp_path / "run" / "train_state.pt")["step"] == 4
@@ -273,17 +271,6 @@ def test_weight_ema_averages_with_warmup():
     assert torch.allclose(ema.shadow["weight"], start["weight"] * 2 / 11 + 9 / 11)
     ema.update(layer, step=100)  # then the decay itself
     assert torch.allclose(ema.shadow["bias"], (start["bias"] * 2 / 11 - 9 / 11) * 0.5 - 0.5)
-
-
-def _crash_at_update(monkeypatch, n: int) -> None:
-    calls = []
-
-    def poisoned(self, batch, generator, task):
-        loss, metrics = loop.training_loss(self.model, batch, self.cfg, task, generator)
-        calls.append(1)
-        return (loss * math.nan, {**metrics, "loss": math.nan}) if len(calls) == n else (loss, metrics)
-
-    monkeypatch.setattr(loop.TrainingObjective, "forward", poisoned)
 
 
 def test_ema_run_saves_the_average_and_resumes_bitwise_equal(tmp_path, monkeypatch):

@@ -126,7 +126,7 @@ class WeightEMA:
         """Restore a saved average (full tensors; copied into the local shards where sharded)."""
         for name, t in self.shadow.items():
             full = weights[name].float()
-            t.copy_(distribute_like(full, t) if hasattr(t, "full_tensor") else full)
+            t.copy_(_distribute_like(full, t) if hasattr(t, "full_tensor") else full)
 
     def full(self) -> dict[str, torch.Tensor]:
         """The average as full CPU tensors in the parameters' dtypes (collective under FSDP: every rank calls it)."""
@@ -137,7 +137,7 @@ class WeightEMA:
         return out
 
 
-def distribute_like(full: torch.Tensor, shard) -> torch.Tensor:
+def _distribute_like(full: torch.Tensor, shard) -> torch.Tensor:
     """A full tensor cut as the DTensor `shard` is, as a DTensor."""
     from torch.distributed.tensor import distribute_tensor
 
@@ -294,12 +294,12 @@ def _train(
     stream = _batch_stream(cfg, dataset, info)
     bf16 = use_bf16(cfg.precision, info.device)
     step, elapsed_before = 0, 0.0
-    ema = WeightEMA(objective, cfg.ema) if cfg.ema else None
+    ema = WeightEMA(objective.model, cfg.ema) if cfg.ema else None
     if resume:
         saved, state = rundir.load_checkpoint(out)
         weights = state.get("weights", saved)  # a run with an average keeps its last weights in the state
         if ema:  # (a run without one starts its average here)
-            ema.load({f"model.{k}": v for k, v in saved.items()})
+            ema.load(saved)
         dist.load_full_state(
             wrapped, objective, optimizer, {f"model.{k}": v for k, v in weights.items()}, state["optimizer"]
         )
@@ -328,7 +328,7 @@ def _train(
             }
             if averaged:  # the average is what gets sampled; the last weights are what training resumes from
                 state["weights"] = weights
-                weights = {k.removeprefix("model."): v for k, v in averaged.items()}
+                weights = averaged
             rundir.save_checkpoint(out, weights, state)
             rundir.plot_losses(out)
         dist.barrier(info)
@@ -366,7 +366,7 @@ def _train(
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 if ema:
-                    ema.update(objective, step)
+                    ema.update(objective.model, step)
                 if tuner:
                     tuner.after_step(time.monotonic() - started)
                 window.add({"loss": loss, **metrics, "grad_norm": norm})
